@@ -1,0 +1,1 @@
+"""lorabench.cluster: Ray/SLURM drivers and the ``lorabench`` command line (top of the import graph)."""

@@ -1,0 +1,146 @@
+"""The ``lorabench`` command: parse, build, run. Each subcommand is a typed function.
+
+Known user errors (bad config, missing files, a model folder of the wrong family, bad data past
+the threshold, an adapter that does not apply) exit non-zero with one message naming the cause
+and the fix; anything else propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from training.adapter_load import AdapterLoadError
+    from training.checkpoint import CheckpointError
+    from training.config import ConfigError
+    from training.data.pipeline import DataError
+    from training.lora import LoraTargetError
+    from training.models import ModelFolderError
+    from training.runtime import RuntimeConfigError
+    return (ConfigError, CheckpointError, DataError, ModelFolderError, AdapterLoadError,
+            RuntimeConfigError, LoraTargetError, FileNotFoundError)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.config import describe_fields, load_config
+    from training.trainer import Trainer
+
+    if args.help_config:
+        print("\n".join(describe_fields()))
+        return 0
+    if not args.config:
+        raise SystemExit("lorabench train: a config path is required (e.g. configs/train/tiny-wan.yaml)")
+    cfg = load_config(args.config, args.overrides)
+    result = Trainer(cfg).run()
+    first, last = (result.losses[min(result.losses)], result.losses[max(result.losses)]) if result.losses else (float("nan"),) * 2
+    print(f"run dir: {result.run_dir}\nsteps: {result.steps}  loss {first:.4f} -> {last:.4f}  "
+          f"({result.seconds:.1f}s)\nfinal checkpoint: {result.final_checkpoint}\n{result.skipped}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from training.generate import generate, read_prompts
+
+    prompts = read_prompts(args.prompts)
+    records = generate(args.model, prompts, args.out, seed=args.seed, adapter=args.adapter,
+                       scale=args.scale, width=args.width, height=args.height, frames=args.frames,
+                       steps=args.steps, guidance=args.guidance, device=args.device)
+    for r in records:
+        print(f"{r.path}  seed={r.seed}  {r.prompt!r}")
+    print(f"{len(records)} samples in {args.out} (records: {Path(args.out) / 'samples.jsonl'})")
+    return 0
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from training.models import get_spec
+
+    out = get_spec(args.family).make_tiny(args.out, seed=args.seed, variant=args.variant)
+    print(f"tiny {args.family} ({args.variant}) model written to {out}")
+    return 0
+
+
+def cmd_make_data(argv: list[str]) -> int:
+    from training.data.synthetic import main
+    return main(argv) or 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cluster.demo import run_demo
+    run_demo(Path(args.out), steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorabench", description="Train and benchmark LoRA adapters "
+                                "for diffusion models (Wan video, SD3 image).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a LoRA from a YAML config",
+                       description="Train a LoRA. Overrides are dotted key=value pairs, e.g. "
+                       "optim.lr=1e-3 train.max_steps=20. Outputs go to <output_dir>/<run_name>/.")
+    t.add_argument("config", nargs="?", help="YAML config (configs/train/*.yaml)")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    t.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="fixed-seed samples from a model (and optional adapter)")
+    g.add_argument("--model", required=True, help="local diffusers folder")
+    g.add_argument("--adapter", help="checkpoint folder or LoRA .safetensors (fails if it does not apply)")
+    g.add_argument("--scale", type=float, default=1.0, help="adapter scale")
+    g.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl")
+    g.add_argument("--seed", type=int, default=0, help="base seed; sample i uses sample_seed(seed, i)")
+    g.add_argument("--out", required=True, help="output folder (sample-0000.mp4|png, samples.jsonl)")
+    g.add_argument("--width", type=int, default=64)
+    g.add_argument("--height", type=int, default=64)
+    g.add_argument("--frames", type=int, default=9, help="frames (video models)")
+    g.add_argument("--steps", type=int, default=20, help="denoising steps")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("make-tiny", help="write a tiny random diffusers model folder (offline)")
+    m.add_argument("--family", required=True, choices=["wan", "sd3"])
+    m.add_argument("--out", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--variant", default="t2v", choices=["t2v", "ti2v"],
+                   help="wan only: Wan2.1 T2V layout or Wan2.2 TI2V-5B layout")
+    m.set_defaults(func=cmd_make_tiny)
+
+    # make-data keeps its own parser (training.data.synthetic); listed here for --help.
+    sub.add_parser("make-data", help="write synthetic webdataset shards (moving shapes + captions)",
+                   add_help=False)
+
+    d = sub.add_parser("demo", help="tiny end-to-end run: model, data, training, base vs LoRA samples")
+    d.add_argument("--out", default="lorabench-demo", help="everything is written under this folder")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "make-data":
+        runner: Callable[[], int] = lambda: cmd_make_data(argv[1:])
+        verbose = False
+    else:
+        args = build_parser().parse_args(argv)
+        runner, verbose = (lambda: args.func(args)), args.verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return runner()
+    except _user_errors() as e:
+        print(f"lorabench: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

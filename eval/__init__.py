@@ -1,0 +1,1 @@
+"""lorabench.eval: manifests, generation, metrics, reports (may import ``training``)."""

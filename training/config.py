@@ -1,0 +1,254 @@
+"""Typed training configuration: YAML + dotted ``key=value`` overrides, validated up front.
+
+Every field carries a one-line description (shown by ``lorabench train --help-config``).
+Validation happens before any model or data is touched, and errors name the dotted key,
+the allowed range and, for unknown keys, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says where and how."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo such as ``optim.lrr`` must fail, never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    family: str = Field("wan", description="Model family in the registry (wan, sd3).")
+    path: str = Field(..., description="Local diffusers folder with model_index.json.")
+    revision: Optional[str] = Field(None, description="Base model revision, recorded in manifests.")
+    attention: Literal["auto", "sdpa", "xformers"] = Field(
+        "auto", description="Attention backend: xformers on CUDA when installed, else SDPA."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Compute dtype; LoRA weights and optimizer state stay fp32."
+    )
+
+
+class LoraConfig(_Section):
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Optional[list[str]] = Field(
+        None, description="Module names to adapt; null uses the model spec's default."
+    )
+    init_seed: Optional[int] = Field(
+        None, description="Seed for LoRA A init; null uses the run seed."
+    )
+
+
+class DataConfig(_Section):
+    shards: Union[str, list[str]] = Field(
+        ..., description="Webdataset shards: a directory, a brace pattern or a list of paths/URLs."
+    )
+    width: int = Field(64, ge=8, le=8192, description="Training width in pixels.")
+    height: int = Field(64, ge=8, le=8192, description="Training height in pixels.")
+    frames: int = Field(1, ge=1, le=1024, description="Frames per clip (video families).")
+    shuffle_buffer: int = Field(64, ge=0, description="Sample shuffle buffer size (0 disables).")
+    max_bad_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="Fail the run when skipped samples exceed this fraction."
+    )
+    max_text_length: Optional[int] = Field(
+        None, ge=1, description="Text encoder sequence length; null uses the spec default."
+    )
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="Decay after warm-up."
+    )
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final lr as a fraction of lr.")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="Gradient clipping; null disables.")
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> "OptimConfig":
+        for b in self.betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class TrainConfig(_Section):
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
+    batch_size: int = Field(1, ge=1, description="Samples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    resume: Optional[str] = Field(
+        None, description="null (fresh run), 'auto' (latest complete checkpoint) or a checkpoint path."
+    )
+    timestep_sampling: Literal["logit_normal", "uniform"] = Field(
+        "logit_normal", description="How flow-matching sigmas are drawn (SD3 paper, sec. 3.1)."
+    )
+    logit_mean: float = Field(0.0, description="Mean of the logit-normal sigma distribution.")
+    logit_std: float = Field(1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; null keeps default.")
+
+
+class CheckpointConfig(_Section):
+    every_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
+    keep_last: Optional[int] = Field(3, ge=1, description="Keep the newest N checkpoints; null keeps all.")
+    save_final: bool = Field(True, description="Always checkpoint the last step.")
+
+
+class LogConfig(_Section):
+    every_steps: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")
+    tensorboard: bool = Field(True, description="Write TensorBoard events under logs/.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class RunConfig(_Section):
+    run_name: str = Field(..., min_length=1, description="Name of the run directory.")
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+    seed: int = Field(0, ge=0, description="Seed for data order, noise and LoRA init.")
+    model: ModelConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _names_are_safe(self) -> "RunConfig":
+        if "/" in self.run_name or self.run_name in {".", ".."}:
+            raise ValueError(f"run_name must be a plain directory name, got {self.run_name!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def all_keys(model_cls: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Every valid dotted key of a config class (used for did-you-mean hints)."""
+    keys = []
+    for name, field in model_cls.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(all_keys(ann, dotted + "."))
+    return keys
+
+
+def _closest(key: str) -> str:
+    candidates = all_keys()
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not match:  # compare the last segment too: 'optim.learning_rate' -> 'optim.lr' is a stretch
+        leaf = key.rsplit(".", 1)[-1]
+        match = difflib.get_close_matches(
+            leaf, [c.rsplit(".", 1)[-1] for c in candidates], n=1, cutoff=0.6
+        )
+        match = [c for c in candidates if c.rsplit(".", 1)[-1] == match[0]] if match else []
+    return match[0] if match else ""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            hint = _closest(key)
+            lines.append(
+                f"  unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+            )
+        elif e["type"] == "missing":
+            lines.append(f"  missing required key '{key}'")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-3)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key segment")
+    # YAML parses numbers, bools, null and [lists]; pydantic then coerces e.g. '1e-3' to float.
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (validation happens afterwards)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r}: '{'.'.join(path[: i + 1])}' is a value, not a section"
+                )
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: Union[str, Path, None], overrides: Optional[list[str]] = None,
+                base: Optional[dict[str, Any]] = None) -> RunConfig:
+    """Load a YAML config (or ``base`` dict), apply overrides and validate.
+
+    Raises ConfigError with every problem listed by dotted key.
+    """
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (shipped configs live in configs/train/)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+        source = str(p)
+    else:
+        data, source = dict(base or {}), "<dict>"
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe_fields(model_cls: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Human-readable ``key: description (default)`` lines for --help-config."""
+    out = []
+    for name, field in model_cls.model_fields.items():
+        ann = field.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(describe_fields(ann, dotted + "."))
+        else:
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            out.append(f"{dotted:32s} {field.description or ''} [{default}]")
+    return out

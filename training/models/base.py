@@ -1,0 +1,145 @@
+"""The model-spec contract: everything family-specific lives behind this interface.
+
+The trainer, the sampler and (later) eval only ever call these methods; they never branch on
+the family. Specs are single-device code: no DeepSpeed, no Ray, no process groups here.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+class ModelFolderError(ValueError):
+    """The model folder is missing, incomplete or of another family."""
+
+
+@dataclass
+class LatentGeometry:
+    """How pixels map to latents for a model folder (read from its VAE config, no weights)."""
+
+    spatial: int        # pixels per latent, each spatial axis
+    temporal: int       # frames per latent frame after the first (1 for image models)
+    patch: tuple[int, int]  # transformer patch size (h, w) in latents
+
+    def check(self, width: int, height: int, frames: int) -> list[str]:
+        """Problems with a training/sampling shape, as human-readable strings."""
+        problems = []
+        step = self.spatial * self.patch[0]
+        for name, v in (("width", width), ("height", height)):
+            if v % step:
+                problems.append(f"data.{name}={v} must be a multiple of {step} "
+                                f"(VAE factor {self.spatial} x patch {self.patch[0]}); "
+                                f"try {max(step, round(v / step) * step)}")
+        if self.temporal > 1 and (frames - 1) % self.temporal:
+            ok = (frames - 1) // self.temporal * self.temporal + 1
+            problems.append(f"data.frames={frames} must be 4k+1 style: (frames-1) divisible by "
+                            f"{self.temporal}; try {ok} or {ok + self.temporal}")
+        if self.temporal == 1 and frames != 1:
+            problems.append(f"data.frames={frames}: this is an image model, set data.frames=1")
+        return problems
+
+
+@dataclass
+class Conditions:
+    """Encoded text conditions, as keyword arguments for the transformer's forward."""
+
+    kwargs: dict[str, torch.Tensor]
+
+    def to(self, device: torch.device, dtype: Optional[torch.dtype] = None) -> "Conditions":
+        return Conditions({k: v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+                           for k, v in self.kwargs.items()})
+
+
+class ModelSpec(ABC):
+    """One diffusion family: how to load, encode, run and sample it."""
+
+    #: registry name (``model.family``)
+    name: str
+    #: "video" or "image": which media the data pipeline decodes
+    modality: str
+    #: diffusers pipeline class used both to load components and to sample
+    pipeline_cls: type
+    #: default LoRA target module names (peft ``target_modules``)
+    default_lora_targets: list[str]
+    #: text sequence length used when training (and sampling, so they match)
+    default_max_text_length: int
+
+    # ---------------------------------------------------------------- folder inspection (cheap)
+
+    def read_model_index(self, path: str | Path) -> dict[str, Any]:
+        p = Path(path)
+        index = p / "model_index.json"
+        if not index.is_file():
+            raise ModelFolderError(
+                f"{p} is not a diffusers model folder: {index.name} is missing. Point model.path at "
+                f"a local diffusers checkout, or make a tiny one: lorabench make-tiny --family {self.name} --out DIR")
+        data = json.loads(index.read_text())
+        expected = self.pipeline_cls.__name__
+        if data.get("_class_name") != expected:
+            raise ModelFolderError(
+                f"{index}: _class_name is {data.get('_class_name')!r}, but model.family={self.name!r} "
+                f"expects {expected!r}; fix model.family or model.path")
+        return data
+
+    def read_component_config(self, path: str | Path, component: str) -> dict[str, Any]:
+        cfg = Path(path) / component / "config.json"
+        if not cfg.is_file():
+            raise ModelFolderError(f"{cfg} is missing: the model folder is incomplete")
+        return json.loads(cfg.read_text())
+
+    @abstractmethod
+    def geometry(self, path: str | Path) -> LatentGeometry:
+        """Latent geometry of a model folder, from JSON configs only."""
+
+    def validate_folder(self, path: str | Path) -> None:
+        """Fail fast on folders this spec cannot train (before any weights load)."""
+        self.read_model_index(path)
+
+    # ---------------------------------------------------------------- heavy work
+
+    def load_pipeline(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Any:
+        """Load the full diffusers pipeline from a local folder (never from a hub)."""
+        self.validate_folder(path)
+        return self.pipeline_cls.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+
+    @abstractmethod
+    def encode_text(self, pipe: Any, captions: list[str], device: torch.device,
+                    max_length: int) -> Conditions:
+        """Text conditions exactly as the pipeline computes them at inference."""
+
+    @abstractmethod
+    def encode_pixels(self, pipe: Any, pixels: torch.Tensor,
+                      generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Pixels in [-1, 1] (B,C,H,W) or (B,C,F,H,W) -> normalised latents."""
+
+    @abstractmethod
+    def predict(self, pipe: Any, model: torch.nn.Module, noisy: torch.Tensor,
+                timesteps: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """One forward of ``model`` (the pipeline's transformer, possibly wrapped by an engine):
+        the flow-matching velocity prediction. ``pipe`` supplies configuration only."""
+
+    def flow_shift(self, pipe: Any) -> float:
+        """The scheduler's own timestep shift, so training and sampling agree."""
+        cfg = pipe.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            raise NotImplementedError(
+                f"{type(pipe.scheduler).__name__} uses dynamic shifting (resolution-dependent); "
+                "training with it is not supported yet: set use_dynamic_shifting=false in scheduler/")
+        return float(cfg.get("flow_shift") or cfg.get("shift") or 1.0)
+
+    def num_train_timesteps(self, pipe: Any) -> int:
+        return int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+
+    @abstractmethod
+    def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:
+        """Keyword arguments for the pipeline's __call__ that fix the output shape."""
+
+    @abstractmethod
+    def make_tiny(self, out: str | Path, seed: int = 0, **options: Any) -> Path:
+        """Write a complete tiny random diffusers folder that ``load_pipeline`` accepts."""

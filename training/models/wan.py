@@ -1,0 +1,125 @@
+"""Wan2.1 / Wan2.2 (T2V and TI2V-5B) through diffusers' WanPipeline.
+
+Wan2.2-TI2V-5B differs from Wan2.1 in its VAE (48 latent channels, 16x spatial compression
+through a 2x2 patchify inside the VAE) and in ``expand_timesteps``: the pipeline gives every
+latent token its own timestep (so the first frame can be clean for image conditioning). For
+text-to-video training every token gets the clip's timestep, which is what the pipeline does
+at inference when no image is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .base import Conditions, LatentGeometry, ModelFolderError, ModelSpec
+from .tiny_text import t5_tokenizer
+
+
+class WanSpec(ModelSpec):
+    name = "wan"
+    modality = "video"
+    # Self- and cross-attention projections in every block: the usual Wan LoRA targets
+    # (diffusers' and musubi-tuner's defaults); the FFN can be added by config.
+    default_lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    default_max_text_length = 512
+
+    @property
+    def pipeline_cls(self) -> type:  # type: ignore[override]
+        from diffusers import WanPipeline
+        return WanPipeline
+
+    # ---------------------------------------------------------------- inspection
+
+    def validate_folder(self, path: str | Path) -> None:
+        index = self.read_model_index(path)
+        if index.get("transformer_2") and index["transformer_2"][0] is not None:
+            raise ModelFolderError(
+                f"{path}: a two-expert Wan2.2 (A14B) folder (transformer + transformer_2). Training "
+                "one LoRA per expert is not supported yet; use Wan2.1 or Wan2.2-TI2V-5B")
+
+    def geometry(self, path: str | Path) -> LatentGeometry:
+        self.validate_folder(path)
+        vae = self.read_component_config(path, "vae")
+        tr = self.read_component_config(path, "transformer")
+        patch = tr.get("patch_size", [1, 2, 2])
+        return LatentGeometry(spatial=int(vae.get("scale_factor_spatial", 8)),
+                              temporal=int(vae.get("scale_factor_temporal", 4)),
+                              patch=(int(patch[1]), int(patch[2])))
+
+    # ---------------------------------------------------------------- encoding
+
+    def encode_text(self, pipe: Any, captions: list[str], device: torch.device,
+                    max_length: int) -> Conditions:
+        # The pipeline's own encoder: same cleaning, padding and zeroed tail as at inference.
+        embeds, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
+                                       max_sequence_length=max_length, device=device)
+        return Conditions({"encoder_hidden_states": embeds})
+
+    def encode_pixels(self, pipe: Any, pixels: torch.Tensor,
+                      generator: Optional[torch.Generator]) -> torch.Tensor:
+        vae = pipe.vae
+        if pixels.ndim != 5:
+            raise ValueError(f"Wan expects video pixels (B,C,F,H,W), got shape {tuple(pixels.shape)}")
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        z = dist.sample(generator=generator)
+        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+        return (z - mean) / std  # inverse of the pipeline's `latents / (1/std) + mean`
+
+    def predict(self, pipe: Any, model: torch.nn.Module, noisy: torch.Tensor,
+                timesteps: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        if pipe.config.get("expand_timesteps", False):
+            # One timestep per latent token, as WanPipeline does with expand_timesteps=True.
+            p = pipe.transformer.config.patch_size
+            b, _, f, h, w = noisy.shape
+            seq = f * (h // p[1]) * (w // p[2])
+            timesteps = timesteps.view(b, 1).expand(b, seq)
+        return model(hidden_states=noisy, timestep=timesteps, return_dict=False, **cond.kwargs)[0]
+
+    def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:
+        return {"width": width, "height": height, "num_frames": frames, "output_type": "np"}
+
+    # ---------------------------------------------------------------- tiny model
+
+    def make_tiny(self, out: str | Path, seed: int = 0, variant: str = "t2v", **_: Any) -> Path:
+        """Tiny random Wan folder. ``variant``: 't2v' (Wan2.1 layout) or 'ti2v' (Wan2.2-TI2V-5B layout)."""
+        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        if variant not in ("t2v", "ti2v"):
+            raise ValueError(f"unknown wan variant {variant!r}: use 't2v' or 'ti2v'")
+        out = Path(out)
+        torch.manual_seed(seed)
+        text_dim = 32
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=128, d_model=text_dim, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, dropout_rate=0.0))
+        tokenizer = t5_tokenizer()
+        if variant == "t2v":
+            vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[False, True, True],
+                                   latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+            z_dim = 16
+        else:
+            # Wan2.2 VAE: residual blocks, 2x2 patchify inside, 48 latent channels, 16x spatial.
+            vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1],
+                                   num_res_blocks=1, temperal_downsample=[False, True, True],
+                                   is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                                   scale_factor_spatial=16, scale_factor_temporal=4,
+                                   latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+            z_dim = 48
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=z_dim,
+            out_channels=z_dim, text_dim=text_dim, freq_dim=32, ffn_dim=64, num_layers=2,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+        # Wan's released schedulers: UniPC in flow mode with a shift (3.0 for 480p T2V, 5.0 for TI2V).
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            num_train_timesteps=1000,
+                                            flow_shift=3.0 if variant == "t2v" else 5.0)
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                           transformer=transformer, expand_timesteps=(variant == "ti2v"))
+        pipe.save_pretrained(str(out), safe_serialization=True)
+        return out
