@@ -1,0 +1,62 @@
+"""Session fixtures: tiny random models and synthetic shards, built once and loaded back through
+the same from_pretrained / tar paths that real checkpoints and data use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before torch is imported anywhere: never reach a hub, and one intra-op thread. On 2 cores,
+# 2 OpenMP threads next to any other busy process make small matmuls ~100x slower.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory) -> Path:
+    from training.models import get_spec
+    return get_spec("wan").make_tiny(tmp_path_factory.mktemp("models") / "wan", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_ti2v(tmp_path_factory) -> Path:
+    from training.models import get_spec
+    return get_spec("wan").make_tiny(tmp_path_factory.mktemp("models") / "wan-ti2v", seed=0, variant="ti2v")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    from training.models import get_spec
+    return get_spec("sd3").make_tiny(tmp_path_factory.mktemp("models") / "sd3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def video_shards(tmp_path_factory) -> Path:
+    from training.data.synthetic import make_data
+    out = tmp_path_factory.mktemp("data") / "video"
+    make_data("video", out, shards=3, samples_per_shard=16, seed=0, size=(32, 32), frames=9)
+    return out
+
+
+@pytest.fixture(scope="session")
+def image_shards(tmp_path_factory) -> Path:
+    from training.data.synthetic import make_data
+    out = tmp_path_factory.mktemp("data") / "image"
+    make_data("image", out, shards=2, samples_per_shard=16, seed=0, size=(32, 32))
+    return out
+
+
+def tiny_config(family: str, model: Path, shards, tmp_path: Path, *overrides: str):
+    """A shipped tiny config pointed at fixture paths, with quiet logging."""
+    from training.config import load_config
+    return load_config(CONFIGS / "train" / f"tiny-{family}.yaml",
+                       [f"model.path={model}", f"data.shards={shards}", f"output_dir={tmp_path / 'runs'}",
+                        "log.progress=false", *overrides])
