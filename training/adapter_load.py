@@ -53,7 +53,11 @@ def load_adapter_for_sampling(pipe: Any, path: str | Path, scale: float = 1.0) -
     wanted = _adapter_modules(keys)
     if not wanted:
         raise AdapterLoadError(f"{f} holds no LoRA A/B tensors ({len(keys)} keys, e.g. {keys[:3]})")
-    pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=ADAPTER_NAME)
+    try:
+        pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=ADAPTER_NAME)
+    except (ValueError, KeyError, RuntimeError) as e:  # e.g. peft's NoMatchingPeftModuleError
+        raise AdapterLoadError(f"{f}: the adapter could not be applied to "
+                               f"{type(pipe.transformer).__name__}: {e}") from e
     patched = {DIFFUSERS_PREFIX + n for n, m in pipe.transformer.named_modules()
                if hasattr(m, "lora_A") and ADAPTER_NAME in getattr(m, "lora_A", {})}
     unmatched = sorted(wanted - patched)

@@ -6,17 +6,19 @@ Initial noise is drawn on CPU from the sample's own generator, so the result dep
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .adapter_load import AdapterInfo, load_adapter_for_sampling
-from .media_io import write_mp4, write_png
+from .media_io import to_uint8, write_mp4, write_png
 from .models import ModelSpec, spec_for_folder
 from .runtime import resolve_device
 from .seeding import sample_seed
@@ -31,6 +33,7 @@ class SampleRecord:
     adapter: Optional[str]
     adapter_sha256: Optional[str]
     adapter_scale: Optional[float]
+    output_sha256: str  # of the raw uint8 output, before any lossy encoding
     seconds: float
 
 
@@ -81,18 +84,20 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
         result = pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(s),
                       num_inference_steps=steps, guidance_scale=guidance,
                       max_sequence_length=max_len, **spec.sample_kwargs(width, height, frames))
-        path = _write(result, spec, out / f"sample-{i:04d}", fps)
+        pixels = to_uint8(result.frames[0] if spec.modality == "video" else result.images[0])
+        path = _write(pixels, spec, out / f"sample-{i:04d}", fps)
         records.append(SampleRecord(
             index=i, prompt=prompt, seed=s, path=str(path),
             adapter=str(info.path) if info else None, adapter_sha256=info.sha256 if info else None,
-            adapter_scale=scale if info else None, seconds=round(time.perf_counter() - start, 4)))
+            adapter_scale=scale if info else None,
+            output_sha256=hashlib.sha256(pixels.tobytes()).hexdigest(), seconds=round(time.perf_counter() - start, 4)))
     with open(out / "samples.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
     return records
 
 
-def _write(result: Any, spec: ModelSpec, stem: Path, fps: int) -> Path:
+def _write(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:
     if spec.modality == "video":
-        return write_mp4(result.frames[0], stem.with_suffix(".mp4"), fps=fps)
-    return write_png(result.images[0], stem.with_suffix(".png"))
+        return write_mp4(pixels, stem.with_suffix(".mp4"), fps=fps)
+    return write_png(pixels, stem.with_suffix(".png"))

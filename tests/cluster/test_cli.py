@@ -1,0 +1,44 @@
+"""The lorabench command in-process: exit codes and messages users see."""
+
+from pathlib import Path
+
+from cluster.cli import EXIT_USER_ERROR, main
+
+from ..conftest import CONFIGS
+
+
+def test_help_config_lists_keys(capsys):
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr" in out and "data.max_bad_fraction" in out
+
+
+def test_bad_key_exits_with_hint(capsys):
+    assert main(["train", str(CONFIGS / "train/tiny-wan.yaml"), "optim.lrr=1e-3"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "unknown key 'optim.lrr'" in err and "did you mean 'optim.lr'" in err
+
+
+def test_missing_model_folder_names_the_fix(capsys, tmp_path):
+    code = main(["train", str(CONFIGS / "train/tiny-wan.yaml"), f"model.path={tmp_path / 'nope'}"])
+    assert code == EXIT_USER_ERROR
+    assert "lorabench make-tiny --family wan" in capsys.readouterr().err
+
+
+def test_make_tiny_make_data_train_generate(tmp_path, capsys):
+    model, data = tmp_path / "m", tmp_path / "d"
+    assert main(["make-tiny", "--family", "wan", "--out", str(model)]) == 0
+    assert main(["make-data", "--kind", "video", "--out", str(data), "--shards", "1",
+                 "--samples-per-shard", "4", "--size", "32x32", "--frames", "9"]) == 0
+    assert main(["train", str(CONFIGS / "train/tiny-wan.yaml"), f"model.path={model}",
+                 f"data.shards={data}", f"output_dir={tmp_path / 'runs'}", "train.max_steps=2",
+                 "checkpoint.every_steps=2", "log.progress=false", "train.batch_size=2"]) == 0
+    ckpt = tmp_path / "runs/tiny-wan/checkpoints/step-0000002"
+    assert (ckpt / "manifest.json").is_file()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left\n")
+    assert main(["generate", "--model", str(model), "--adapter", str(ckpt), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "s"), "--width", "32", "--height", "32", "--frames", "9",
+                 "--steps", "2"]) == 0
+    assert (tmp_path / "s/sample-0000.mp4").is_file()
+    assert "1 samples in" in capsys.readouterr().out

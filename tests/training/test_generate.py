@@ -1,0 +1,86 @@
+"""Fixed-seed sampling and the strict adapter path."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.adapter_load import AdapterLoadError
+from training.generate import generate, read_prompts
+from training.seeding import sample_seed
+from training.trainer import Trainer
+
+from ..conftest import tiny_config
+
+PROMPTS = ["a red circle moving left", "a blue square moving up"]
+SHAPE = dict(width=32, height=32, frames=9, steps=3, guidance=1.0, max_text_length=32, progress=False)
+
+
+def frames(path: str) -> np.ndarray:
+    import av
+    with av.open(path) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def trained_wan(tiny_wan, video_shards, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("gen-run")
+    cfg = tiny_config("wan", tiny_wan, video_shards, tmp, "train.max_steps=5", "checkpoint.every_steps=5",
+                      "log.tensorboard=false")
+    return Trainer(cfg).run().final_checkpoint
+
+
+def test_same_seed_same_video_and_lora_changes_it(tiny_wan, trained_wan, tmp_path):
+    a = generate(tiny_wan, PROMPTS, tmp_path / "a", seed=7, **SHAPE)
+    b = generate(tiny_wan, PROMPTS, tmp_path / "b", seed=7, **SHAPE)
+    lora = generate(tiny_wan, PROMPTS, tmp_path / "lora", seed=7, adapter=trained_wan, **SHAPE)
+    assert [r.seed for r in a] == [sample_seed(7, 0), sample_seed(7, 1)] == [r.seed for r in lora]
+    for ra, rb, rl in zip(a, b, lora):
+        assert Path(ra.path).name == Path(rl.path).name and ra.path.endswith(".mp4")
+        assert ra.output_sha256 == rb.output_sha256 != rl.output_sha256
+        fa = frames(ra.path)
+        assert fa.shape == (9, 32, 32, 3)
+        assert np.array_equal(fa, frames(rb.path))
+        assert np.abs(fa.astype(float) - frames(rl.path)).mean() > 0.5
+    assert lora[0].adapter_sha256 and len(lora[0].adapter_sha256) == 64
+    assert (tmp_path / "lora" / "samples.jsonl").read_text().count("\n") == 2
+
+
+def test_adapter_that_matches_nothing_fails(tiny_wan, trained_wan, tmp_path):
+    # The PEFT-layout file has `base_model.model.` keys: diffusers alone would warn and load
+    # nothing. Here it must be an error naming the unmatched modules.
+    with pytest.raises(AdapterLoadError, match="were not applied"):
+        generate(tiny_wan, PROMPTS[:1], tmp_path, adapter=trained_wan / "adapter_model.safetensors", **SHAPE)
+    with pytest.raises(AdapterLoadError, match="adapter not found"):
+        generate(tiny_wan, PROMPTS[:1], tmp_path, adapter=tmp_path / "missing", **SHAPE)
+
+
+def test_adapter_for_another_model_fails(tiny_sd3, trained_wan, tmp_path):
+    with pytest.raises(AdapterLoadError, match="could not be applied to SD3Transformer2DModel"):
+        generate(tiny_sd3, PROMPTS[:1], tmp_path, adapter=trained_wan, **dict(SHAPE, frames=1))
+
+
+def test_sd3_writes_png(tiny_sd3, tmp_path):
+    recs = generate(tiny_sd3, PROMPTS, tmp_path, seed=0, **dict(SHAPE, frames=1))
+    from PIL import Image
+    assert [Image.open(r.path).size for r in recs] == [(32, 32), (32, 32)]
+
+
+def test_prompt_files(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("# comment\na red circle\n\n a blue square \n")
+    assert read_prompts(txt) == ["a red circle", "a blue square"]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"prompt": "x"}\n{"text": "y"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2: expected a JSON object with a \"prompt\""):
+        read_prompts(jl)
+    with pytest.raises(FileNotFoundError, match="prompts file not found"):
+        read_prompts(tmp_path / "none.txt")
+    (tmp_path / "empty.txt").write_text("\n# only comments\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+
+
+def test_bad_sampling_shape(tiny_wan, tmp_path):
+    with pytest.raises(ValueError, match="4k\\+1"):
+        generate(tiny_wan, PROMPTS, tmp_path, **dict(SHAPE, frames=8))
