@@ -8,14 +8,16 @@ from training.media_io import encode_mp4, to_uint8, write_png
 
 def test_mp4_encode_is_byte_deterministic_and_decodes():
     import av, io
-    frames = (np.random.default_rng(0).random((9, 32, 48, 3)) * 255).astype(np.uint8)
+    # A smooth moving gradient: what 4:2:0 H.264 is meant to carry (per-pixel noise is not).
+    y, x = np.mgrid[0:32, 0:48]
+    frames = np.stack([np.stack([(x * 5 + t * 8) % 256, y * 7, np.full_like(x, 100 + t * 10)], -1)
+                       for t in range(9)]).astype(np.uint8)
     digests = {hashlib.sha256(encode_mp4(frames, fps=8)).hexdigest() for _ in range(8)}
     assert len(digests) == 1
     with av.open(io.BytesIO(encode_mp4(frames, fps=8))) as c:
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     assert decoded.shape == (9, 32, 48, 3)
-    # lossy but close at crf 18 on noise
-    assert np.abs(decoded.astype(float) - frames).mean() < 40
+    assert np.abs(decoded.astype(float) - frames).mean() < 6  # lossy, but close at crf 18
 
 
 def test_mp4_rejects_odd_sizes_and_bad_shapes():
