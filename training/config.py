@@ -57,6 +57,7 @@ class DataConfig(_Section):
     height: int = Field(64, ge=8, le=8192, description="Training height in pixels.")
     frames: int = Field(1, ge=1, le=1024, description="Frames per clip (video families).")
     shuffle_buffer: int = Field(64, ge=0, description="Sample shuffle buffer size (0 disables).")
+    prefetch: int = Field(2, ge=0, le=64, description="Batches decoded ahead on a background thread (0: inline).")
     max_bad_fraction: float = Field(
         0.05, ge=0.0, le=1.0, description="Fail the run when skipped samples exceed this fraction."
     )

@@ -10,6 +10,7 @@ sigmas and VAE sampling, and the data stream position.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .checkpoint import (CheckpointError, TrainState, config_hash, read_manifest
                          save_checkpoint)
 from .config import ConfigError, RunConfig, dump_config
 from .data.pipeline import ShardStream, SkipCounter, batches
+from .data.prefetch import Prefetched, Prefetcher
 from .data.shards import list_shards
 from .layout import CKPT_CONFIG, TRAIN_STATE, RunLayout
 from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, adapter_state_dict, inject_lora, lora_parameters,
@@ -193,6 +195,21 @@ class Trainer:
                                      sigmas * self.num_timesteps, cond)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
+    def _batches(self):
+        """Batches with the data state as of each one (see data.prefetch)."""
+        def snapshot() -> tuple[dict, dict]:
+            return copy.deepcopy(self.stream.state_dict()), copy.deepcopy(self.counter.state_dict())
+
+        source = batches(iter(self.stream), self.cfg.train.batch_size)
+        if self.cfg.data.prefetch:
+            return Prefetcher(source, snapshot, depth=self.cfg.data.prefetch)
+        return (Prefetched(b, *snapshot()) for b in source)
+
+    def _consumed_skips(self) -> SkipCounter:
+        counter = SkipCounter()
+        counter.load_state_dict(self._consumed[1])
+        return counter
+
     def _optimizer_step(self, batch_iter) -> dict[str, float]:
         cfg = self.cfg
         lr = lr_at(self.step, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
@@ -203,21 +220,24 @@ class Trainer:
         start = time.perf_counter()
         total = 0.0
         for _ in range(cfg.train.grad_accum):
-            loss = self._micro_step(next(batch_iter))
+            item = next(batch_iter)
+            self._consumed = (item.data_state, item.skip_state)
+            loss = self._micro_step(item.batch)
             (loss / cfg.train.grad_accum).backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, cfg.optim.max_grad_norm or float("inf")).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.counter.check(cfg.data.max_bad_fraction)
+        skips = self._consumed_skips()
+        skips.check(cfg.data.max_bad_fraction)
         self.step += 1
         seconds = time.perf_counter() - start
         samples = cfg.train.batch_size * cfg.train.grad_accum
         return {"step": self.step, "loss": total / cfg.train.grad_accum, "lr": lr,
                 "grad_norm": grad_norm, "step_seconds": seconds, "samples_per_s": samples / seconds,
                 "peak_memory_bytes": peak_memory_bytes(self.device),
-                "skipped_samples": self.counter.skipped}
+                "skipped_samples": skips.skipped}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -226,7 +246,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return TrainState(step=self.step, optimizer=self.optimizer.state_dict(), rng=rng,
-                          data=self.stream.state_dict(), skips=self.counter.state_dict())
+                          data=self._consumed[0], skips=self._consumed[1])
 
     def _manifest(self) -> dict[str, Any]:
         import diffusers
@@ -273,8 +293,9 @@ class Trainer:
         result = TrainResult(run_dir=self.layout.root, steps=self.step)
         for cb in self.callbacks:
             cb.on_start(self)
+        self._consumed = (copy.deepcopy(self.stream.state_dict()), copy.deepcopy(self.counter.state_dict()))
+        batch_iter = self._batches()
         try:
-            batch_iter = batches(iter(self.stream), self.cfg.train.batch_size)
             ck = self.cfg.checkpoint
             while self.step < self.cfg.train.max_steps:
                 metrics = self._optimizer_step(batch_iter)
@@ -283,12 +304,14 @@ class Trainer:
                     cb.on_step(self, metrics)
                 if self.step % ck.every_steps == 0 or (ck.save_final and self.step == self.cfg.train.max_steps):
                     result.checkpoints.append(self.save())
-            self.counter.check(self.cfg.data.max_bad_fraction, final=True)
+            self._consumed_skips().check(self.cfg.data.max_bad_fraction, final=True)
         finally:
+            if isinstance(batch_iter, Prefetcher):
+                batch_iter.close()
             for cb in self.callbacks:
                 cb.on_end(self)
         result.steps = self.step
-        result.skipped = self.counter.summary()
+        result.skipped = self._consumed_skips().summary()
         result.seconds = time.perf_counter() - start
         log.info("%s", result.skipped)
         return result

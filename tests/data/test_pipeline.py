@@ -1,0 +1,164 @@
+"""The input stream: skip accounting, exact resume, worker split, loud failures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from training.data.pipeline import DataError, ShardStream, SkipCounter, batches, collate
+from training.data.synthetic import GOOD_IN_BAD_SHARD
+
+from .conftest import FRAMES, SIZE
+
+W, H = SIZE
+
+
+def _stream(shards, modality="video", **kw) -> ShardStream:
+    kw.setdefault("seed", 0)
+    kw.setdefault("shuffle_buffer", 4)
+    return ShardStream([str(s) for s in shards], modality=modality, frames=FRAMES, height=H, width=W, **kw)
+
+
+def _take(stream, n):
+    return list(itertools.islice(iter(stream), n))
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_bad_shard_reasons_are_counted(kind, bad_video, bad_image):
+    path, expected = bad_video if kind == "video" else bad_image
+    stream = _stream([path], modality=kind, shuffle_buffer=0)  # tar order: the good ones come first
+    good = _take(stream, GOOD_IN_BAD_SHARD)
+    assert sorted(s["key"] for s in good) == ["good_000", "good_001"]
+    assert all(s["caption"].startswith("a ") for s in good)
+    assert good[0]["pixels"].shape == ((3, FRAMES, H, W) if kind == "video" else (3, H, W))
+    # Pulling one more sample reads the rest of epoch 0 (all bad) and the first of epoch 1.
+    assert _take(stream, 1)[0]["key"] == "good_000"
+    assert stream.counter.skips == expected
+    assert stream.counter.seen == GOOD_IN_BAD_SHARD + sum(expected.values()) + 1
+    examples = stream.counter.examples
+    assert examples["empty_caption"] == [f"{path}:empty_caption"]
+
+
+def test_skip_counter_check_thresholds():
+    c = SkipCounter()
+    for i in range(18):
+        c.add_ok()
+    c.add_skip("too_small", "s.tar:k1")
+    c.add_skip("empty_caption", "s.tar:k2")
+    assert c.summary() == "skipped 2 of 20 samples (10.0%): too_small=1, empty_caption=1"
+    c.check(0.1)  # at the threshold: fine
+    c.check(0.5)
+    with pytest.raises(DataError) as exc:
+        c.check(0.05)
+    msg = str(exc.value)
+    assert "too_small=1, empty_caption=1" in msg and "s.tar:k1" in msg and "s.tar:k2" in msg
+    assert "max_bad_fraction" in msg
+
+
+def test_skip_counter_min_seen_and_final():
+    c = SkipCounter()
+    c.add_ok()
+    c.add_skip("undecodable_media", "x.tar:a")
+    c.check(0.05)  # only 2 seen: too early to judge
+    with pytest.raises(DataError, match="undecodable_media=1"):
+        c.check(0.05, final=True)
+    SkipCounter().check(0.0, final=True)  # nothing seen: nothing to judge
+
+
+def test_skip_counter_state_round_trip():
+    c = SkipCounter()
+    c.add_ok()
+    for k in "abcde":
+        c.add_skip("too_small", k)
+    state = json.loads(json.dumps(c.state_dict()))
+    d = SkipCounter()
+    d.load_state_dict(state)
+    assert d.summary() == c.summary() and d.examples == {"too_small": ["a", "b", "c"]}
+
+
+def _same(a, b):
+    assert [s["key"] for s in a] == [s["key"] for s in b]
+    assert [s["caption"] for s in a] == [s["caption"] for s in b]
+    for x, y in zip(a, b):
+        assert torch.equal(x["pixels"], y["pixels"])
+
+
+@pytest.mark.parametrize("k", [3, 9, 13])
+def test_resume_is_exact_across_epoch_boundaries(small_video, bad_video, k):
+    # 8 good + 2 good / 5 bad samples per epoch: 10 good per epoch; 24 samples span 3 epochs.
+    shards = [*small_video, bad_video[0]]
+    uninterrupted = _stream(shards)
+    reference = _take(uninterrupted, 24)
+    assert len({s["key"] for s in reference[:10]}) == 10  # one epoch: every good sample once
+    assert [s["key"] for s in reference[:10]] != [s["key"] for s in reference[10:20]]  # reshuffled
+
+    first = _stream(shards)
+    head = _take(first, k)
+    state = json.loads(json.dumps(first.state_dict()))
+    assert set(state) == {"epoch", "position"}
+
+    resumed = _stream(shards)
+    resumed.load_state_dict(state)
+    tail = _take(resumed, 24 - k)
+    _same(head + tail, reference)
+    # Samples before the checkpoint were discarded undecoded: the fresh counter never saw them.
+    assert first.counter.seen + resumed.counter.seen == uninterrupted.counter.seen
+
+
+def test_resume_discards_without_decoding(small_video):
+    stream = _stream(small_video)
+    _take(stream, 5)
+    assert stream.counter.seen == 5
+    resumed = _stream(small_video)
+    resumed.load_state_dict(stream.state_dict())
+    _take(resumed, 2)
+    assert resumed.counter.seen == 2  # the first 5 raw samples were skipped, not decoded
+
+
+def test_ranks_split_each_epoch(small_video):
+    shards = [*small_video]
+    keys = [{s["key"] for s in _take(_stream(shards, rank=r, world_size=2), 4)} for r in range(2)]
+    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == 8
+    with pytest.raises(ValueError, match="at least one shard"):
+        _stream(shards[:1], rank=0, world_size=2)
+
+
+def test_truncated_tar_names_the_shard(small_image, tmp_path):
+    data = small_image[1].read_bytes()
+    # Cut inside a member, and exactly on a 512-byte block boundary (which tarfile alone
+    # would take for a normal end of archive).
+    for i, cut in enumerate((2048 + 100, 2560 + 50, 3072)):
+        broken = tmp_path / f"broken{i}.tar"
+        broken.write_bytes(data[:cut])
+        stream = _stream([broken], modality="image", shuffle_buffer=0)
+        with pytest.raises(DataError, match=str(broken)):
+            _take(stream, 10)
+
+
+def test_epoch_without_good_samples_fails(small_image):
+    # Image shards read as video: every sample lacks an mp4 member.
+    with pytest.raises(DataError) as exc:
+        _take(_stream(small_image, modality="video"), 1)
+    assert str(small_image[0]) in str(exc.value) and "missing_media=8" in str(exc.value)
+
+
+def test_pipe_shards(small_image):
+    direct = _take(_stream(small_image, modality="image"), 8)
+    piped = _take(_stream([f"pipe:cat {p}" for p in small_image], modality="image"), 8)
+    assert [s["key"] for s in direct] == [s["key"] for s in piped]
+
+
+def test_batches_and_collate(small_image):
+    stream = _stream(small_image, modality="image")
+    batch = next(batches(iter(stream), 3))
+    assert batch["pixels"].shape == (3, 3, H, W) and len(batch["captions"]) == len(batch["keys"]) == 3
+    assert stream.state_dict() == {"epoch": 0, "position": 3}  # lazily pulled: exactly one batch
+    samples = _take(_stream(small_image, modality="image"), 5)
+    assert [b["keys"] for b in batches(samples, 2)] == [[s["key"] for s in samples[:2]],
+                                                         [s["key"] for s in samples[2:4]]]
+    assert len(list(batches(samples, 2, drop_last=False))) == 3
+    with pytest.raises(ValueError):
+        collate([])

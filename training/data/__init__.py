@@ -1,0 +1,9 @@
+"""Data for lorabench: shard lists, sample decoding, the resumable input stream, synthetic data.
+
+Modules (import the one you need; importing this package pulls in nothing heavy):
+
+- ``shards``: ``list_shards`` (expand a ``data.shards`` spec), ``shard_assignment``.
+- ``decode``: ``BadSample``, ``decode_video``, ``decode_image``, ``caption_of``, ``media_of``.
+- ``pipeline``: ``ShardStream``, ``SkipCounter``, ``DataError``, ``collate``, ``batches``.
+- ``synthetic``: ``make_data``, ``make_bad_shard`` and the ``lorabench make-data`` CLI.
+"""

@@ -1,0 +1,360 @@
+"""The trainer's input stream: deterministic, resumable, and loud about bad data.
+
+Order of operations per epoch and rank (everything seeded, nothing depends on timing):
+
+1. ``shard_assignment(shards, seed, epoch, rank, world_size)`` picks and orders the shards;
+2. the shards' tar members are grouped into raw samples (dicts of bytes) with webdataset's
+   tar iterators (``pipe:`` and URL shards work through its ``gopen``);
+3. raw, still undecoded samples go through a shuffle buffer driven by
+   ``random.Random`` seeded from (seed, epoch, rank);
+4. only then are samples decoded; bad ones are counted per reason and skipped.
+
+Resuming is exact: ``state_dict()`` records how many raw samples of the epoch's shuffled
+stream were consumed, and a restored stream replays the epoch, dropping that many raw
+samples without decoding them.
+
+A shard that cannot be read (missing, truncated or not a tar, a failing ``pipe:``
+command) raises :class:`DataError` naming the shard instead of being counted as a skip:
+it loses many samples at once and usually means a broken copy that should be fixed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional
+
+import torch
+from webdataset import tariterators
+
+from .decode import BadSample, caption_of, decode_image, decode_video, media_of
+from .shards import epoch_seed, shard_assignment
+
+
+class DataError(RuntimeError):
+    """The data cannot be used for training; the message says which shards/keys and why."""
+
+
+# ----------------------------------------------------------------------------- skip counter
+
+
+class SkipCounter:
+    """Counts samples seen and skipped per reason, keeping a few example keys per reason."""
+
+    def __init__(self, max_examples: int = 3) -> None:
+        self.max_examples = max_examples
+        self.seen = 0
+        self.skips: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skips.values())
+
+    def add_ok(self) -> None:
+        """Record a sample that decoded fine."""
+        self.seen += 1
+
+    def add_skip(self, reason: str, key: str) -> None:
+        """Record a skipped sample and, for the first few per reason, its key."""
+        self.seen += 1
+        self.skips[reason] = self.skips.get(reason, 0) + 1
+        keys = self.examples.setdefault(reason, [])
+        if len(keys) < self.max_examples:
+            keys.append(key)
+
+    def fraction(self) -> float:
+        """Skipped / seen (0.0 before any sample)."""
+        return self.skipped / self.seen if self.seen else 0.0
+
+    def summary(self) -> str:
+        """One line, e.g. ``skipped 3 of 40 samples (7.5%): too_small=1, empty_caption=2``."""
+        line = f"skipped {self.skipped} of {self.seen} samples ({100 * self.fraction():.1f}%)"
+        if self.skips:
+            line += ": " + ", ".join(f"{r}={n}" for r, n in self.skips.items())
+        return line
+
+    def examples_text(self) -> str:
+        """The recorded example keys, one reason per line."""
+        return "\n".join(f"  {r}: {', '.join(self.examples.get(r, []))}" for r in self.skips)
+
+    def check(self, max_bad_fraction: float, min_seen: int = 20, final: bool = False) -> None:
+        """Raise :class:`DataError` when the skipped fraction exceeds ``max_bad_fraction``.
+
+        Judged only once ``seen >= min_seen`` (a couple of early bad samples say little about
+        the data set), and always when ``final`` is set (end of training).
+        """
+        if self.seen == 0 or (not final and self.seen < min_seen):
+            return
+        if self.fraction() > max_bad_fraction:
+            raise DataError(
+                f"too many bad samples: {self.summary()}, above "
+                f"data.max_bad_fraction={max_bad_fraction}.\nFirst offending samples "
+                f"(shard:key):\n{self.examples_text()}\nFix or drop these samples from the "
+                f"shards, or raise data.max_bad_fraction if losing them is acceptable."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON-able state."""
+        return {
+            "seen": self.seen,
+            "skips": dict(self.skips),
+            "examples": {r: list(k) for r, k in self.examples.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.seen = int(state["seen"])
+        self.skips = {str(r): int(n) for r, n in state["skips"].items()}
+        self.examples = {str(r): [str(k) for k in ks] for r, ks in state.get("examples", {}).items()}
+
+
+# ----------------------------------------------------------------------------- raw samples
+
+
+def _stream_seed(seed: int, epoch: int, rank: int) -> int:
+    # Stable integer mixing (never hash(), which is salted per process).
+    return epoch_seed(seed, epoch) * 1_000_003 + rank
+
+
+class _EndCheckingReader:
+    """Read-through wrapper that tells whether a tar stream ended with its end marker.
+
+    Python's tarfile (and so webdataset) stops silently when a stream ends exactly at a
+    512-byte block boundary, so a shard cut short there would just look smaller. A complete
+    tar ends with zero blocks; data running out on a non-zero block means truncation.
+    """
+
+    _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz: checked by their codecs
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.head = b""
+        self.tail = b""
+        self.hit_eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if len(self.head) < 8:
+            self.head = (self.head + data)[:8]
+        if not data or (n is not None and 0 < len(data) < n):
+            self.hit_eof = True
+        self.tail = (self.tail + data)[-512:]
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def truncated(self) -> bool:
+        compressed = self.head.startswith(self._COMPRESSED)
+        return self.hit_eof and not compressed and self.tail != bytes(512)
+
+
+def _raw_samples(shard: str) -> Iterator[dict[str, Any]]:
+    """Raw samples (``__key__``, ``__url__`` and member bytes) of one shard, in tar order."""
+    completed = False
+    source: dict[str, Any] = {}
+    try:
+        # url_opener/gopen open local paths, pipe: commands and URLs alike. Only the tar
+        # iterators are used: webdataset's decoders (which include pickle) are never involved.
+        for source in tariterators.url_opener([{"url": shard}]):
+            reader = source["stream"] = _EndCheckingReader(source["stream"])
+            files = tariterators.tar_file_expander([source])
+            yield from tariterators.group_by_keys(files)
+            if reader.truncated():
+                raise DataError(
+                    f"shard {shard} ends without the tar end-of-archive marker: it is truncated "
+                    f"(e.g. an interrupted copy or download); re-create it or remove it from data.shards."
+                )
+        completed = True
+    except DataError:
+        raise
+    except Exception as exn:
+        # webdataset appends the stream and URL to exception args; keep just the message.
+        detail = exn.args[0] if exn.args and isinstance(exn.args[0], str) else str(exn)
+        detail = detail.split(" @ <", 1)[0]
+        raise DataError(
+            f"cannot read shard {shard}: {type(exn).__name__}: {detail}. The file is missing, "
+            f"truncated or not a tar archive (or its pipe: command failed); re-create it or "
+            f"remove it from data.shards."
+        ) from exn
+    finally:
+        stream = source.get("stream")
+        if stream is not None:
+            try:
+                stream.close()  # pipe: streams report the command's exit status here
+            except Exception as exn:
+                # On an early stop (GeneratorExit) the command was cut off on purpose.
+                if completed:
+                    raise DataError(f"closing shard {shard} failed: {exn}") from exn
+
+
+def _shuffled(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
+    """Buffer shuffle: each output is drawn at random from the next ``bufsize`` items."""
+    if bufsize <= 1:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        i = rng.randrange(bufsize)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+# ----------------------------------------------------------------------------- stream
+
+
+class ShardStream:
+    """Endless stream of decoded samples ``{"key", "pixels", "caption"}``, epoch after epoch.
+
+    ``pixels`` is float32 in [-1, 1], ``(3, frames, height, width)`` for video and
+    ``(3, height, width)`` for images. Bad samples are counted in ``self.counter`` and
+    skipped; the caller decides when too many is too many (``counter.check``).
+
+    Iterating continues from the current position; use one live iterator at a time (each
+    iterator updates the stream's position as it goes).
+    """
+
+    def __init__(
+        self,
+        shards: list[str],
+        *,
+        modality: str,
+        frames: int,
+        height: int,
+        width: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 64,
+        counter: Optional[SkipCounter] = None,
+    ) -> None:
+        if modality not in ("video", "image"):
+            raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
+        if frames < 1 or height < 1 or width < 1:
+            raise ValueError(f"frames, height and width must be >= 1, got {frames}, {height}, {width}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self.shards = list(shards)
+        shard_assignment(self.shards, seed, 0, rank, world_size)  # fail now, not at first batch
+        self.modality = modality
+        self.frames, self.height, self.width = frames, height, width
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.counter = counter if counter is not None else SkipCounter()
+        self._epoch = 0
+        self._position = 0
+
+    # -- resume ----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "position": n}``: n raw samples (good or bad) of epoch e consumed."""
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` at the next ``iter()``; the skip counter is restored separately."""
+        epoch, position = state.get("epoch"), state.get("position")
+        if not isinstance(epoch, int) or not isinstance(position, int) or epoch < 0 or position < 0:
+            raise ValueError(
+                f"bad data stream state {state!r}: need non-negative ints 'epoch' and 'position'"
+            )
+        self._epoch, self._position = epoch, position
+
+    # -- iteration -------------------------------------------------------------
+
+    def _epoch_samples(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """Raw samples of ``epoch`` for this rank, in shuffled order (not decoded)."""
+        shards = shard_assignment(self.shards, self.seed, epoch, self.rank, self.world_size)
+        raw = (sample for shard in shards for sample in _raw_samples(shard))
+        rng = random.Random(_stream_seed(self.seed, epoch, self.rank))
+        return _shuffled(raw, self.shuffle_buffer, rng)
+
+    def _decode(self, sample: dict[str, Any]) -> Optional[dict[str, Any]]:
+        key = sample["__key__"]
+        try:
+            caption = caption_of(sample)  # cheap checks first: no decoding for caption-less samples
+            _, data = media_of(sample, self.modality)
+            if self.modality == "video":
+                pixels = decode_video(data, self.frames, self.height, self.width)
+            else:
+                pixels = decode_image(data, self.height, self.width)
+        except BadSample as exn:
+            self.counter.add_skip(exn.reason, f"{sample.get('__url__', '?')}:{key}")
+            return None
+        self.counter.add_ok()
+        return {"key": key, "pixels": pixels, "caption": caption}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            epoch, start = self._epoch, self._position
+            consumed = good = 0
+            for raw in self._epoch_samples(epoch):
+                consumed += 1
+                if consumed <= start:
+                    continue  # resuming: already consumed before the checkpoint, not decoded
+                self._position = consumed
+                sample = self._decode(raw)
+                if sample is not None:
+                    good += 1
+                    yield sample
+            if consumed < start:
+                raise DataError(
+                    f"cannot resume: the checkpoint is at sample {start} of epoch {epoch}, but "
+                    f"rank {self.rank}'s shards hold only {consumed} samples in that epoch. The "
+                    f"shards, seed or number of workers changed since the checkpoint was written."
+                )
+            if start == 0 and good == 0:  # after a mid-epoch resume, earlier samples may have been good
+                raise self._no_good_samples(epoch, consumed)
+            self._epoch, self._position = epoch + 1, 0
+
+    def _no_good_samples(self, epoch: int, consumed: int) -> DataError:
+        shards = shard_assignment(self.shards, self.seed, epoch, self.rank, self.world_size)
+        listed = ", ".join(shards[:5]) + (" ..." if len(shards) > 5 else "")
+        need = f"at least {self.width}x{self.height}"
+        if self.modality == "video":
+            need += f" and {self.frames} frames"
+        return DataError(
+            f"epoch {epoch} produced no usable samples on rank {self.rank} from shards {listed} "
+            f"({consumed} raw samples; {self.counter.summary()}).\n{self.counter.examples_text()}\n"
+            f"Check that the shards hold captioned {self.modality} samples, {need}."
+        )
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into ``{"pixels": (B, ...), "captions": [...], "keys": [...]}``."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    return {
+        "pixels": torch.stack([s["pixels"] for s in samples]),
+        "captions": [s["caption"] for s in samples],
+        "keys": [s["key"] for s in samples],
+    }
+
+
+def batches(
+    stream: Iterable[dict[str, Any]], batch_size: int, drop_last: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Collated batches of ``batch_size`` samples pulled lazily from ``stream``.
+
+    Samples are pulled only as a batch fills, so after a batch is yielded the stream's
+    ``state_dict()`` points just past that batch's last sample. A trailing partial batch
+    (finite streams only) is dropped unless ``drop_last`` is False.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    buf: list[dict[str, Any]] = []
+    for sample in stream:
+        buf.append(sample)
+        if len(buf) == batch_size:
+            yield collate(buf)
+            buf = []
+    if buf and not drop_last:
+        yield collate(buf)
