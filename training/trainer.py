@@ -11,6 +11,7 @@ sigmas and VAE sampling, and the data stream position.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,12 @@ class Trainer:
                 f"for {len(self.params)} LoRA parameters; missing {missing[:5]}, unexpected "
                 f"{list(result.unexpected_keys)[:5]}")
         ts = TrainState.read(ckpt / TRAIN_STATE)
+        # data.shards may name a directory whose contents changed: the position would then
+        # point into different data. Compare the resolved list, not the config string.
+        if ts.extra.get("shards_sha256") not in (None, self._shards_digest()):
+            raise CheckpointError(
+                f"cannot resume from {ckpt}: the resolved shard list changed ({ts.extra.get('num_shards')} "
+                f"shards then, {len(self.shards)} now); restore the original shards or start a new run")
         self.optimizer.load_state_dict(ts.optimizer)
         torch.set_rng_state(ts.rng["torch_cpu"])
         self.generator.set_state(ts.rng["noise"])
@@ -246,7 +253,11 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return TrainState(step=self.step, optimizer=self.optimizer.state_dict(), rng=rng,
-                          data=self._consumed[0], skips=self._consumed[1])
+                          data=self._consumed[0], skips=self._consumed[1],
+                          extra={"shards_sha256": self._shards_digest(), "num_shards": len(self.shards)})
+
+    def _shards_digest(self) -> str:
+        return hashlib.sha256("\n".join(self.shards).encode()).hexdigest()
 
     def _manifest(self) -> dict[str, Any]:
         import diffusers

@@ -236,3 +236,16 @@ def test_unknown_lora_target_is_an_error(tiny_wan, video_shards, tmp_path):
     cfg = tiny_config("wan", tiny_wan, video_shards, tmp_path, "lora.target_modules=[to_qq]")
     with pytest.raises(LoraTargetError, match=r"\['to_qq'\] match no module.*to_q"):
         Trainer(cfg).run()
+
+
+def test_resume_refuses_a_changed_shard_directory(tiny_wan, video_shards, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(video_shards, data)
+    cfg = tiny_config("wan", tiny_wan, data, tmp_path, "train.max_steps=2", "checkpoint.every_steps=2",
+                      "log.tensorboard=false")
+    Trainer(cfg).run()
+    shutil.copy(next(data.glob("*.tar")), data / "zz-extra.tar")
+    again = tiny_config("wan", tiny_wan, data, tmp_path, "train.max_steps=4", "train.resume=auto")
+    with pytest.raises(CheckpointError, match=r"shard list changed \(3 shards then, 4 now\)"):
+        Trainer(again).run()
