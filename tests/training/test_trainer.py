@@ -249,3 +249,15 @@ def test_resume_refuses_a_changed_shard_directory(tiny_wan, video_shards, tmp_pa
     again = tiny_config("wan", tiny_wan, data, tmp_path, "train.max_steps=4", "train.resume=auto")
     with pytest.raises(CheckpointError, match=r"shard list changed \(3 shards then, 4 now\)"):
         Trainer(again).run()
+
+
+def test_grad_accumulation_consumes_accum_batches_per_step(tiny_wan, video_shards, tmp_path):
+    cfg = tiny_config("wan", tiny_wan, video_shards, tmp_path, "train.max_steps=3", "train.batch_size=2",
+                      "train.grad_accum=2", "checkpoint.every_steps=3", "log.tensorboard=false",
+                      "data.shuffle_buffer=0")
+    result = Trainer(cfg).run()
+    assert "skipped 0 of 12 samples" in result.skipped
+    state = json.loads((result.final_checkpoint / "train_state/state.json").read_text())
+    assert state["data"] == {"epoch": 0, "position": 12}
+    rec = json.loads((result.run_dir / "logs/metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["step"] == 3 and rec["samples_per_s"] > 0
