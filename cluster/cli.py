@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_library_progress() -> None:
+    """Hide diffusers/transformers per-component loading bars; warnings still show."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "make-data":
@@ -135,6 +143,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         runner, verbose = (lambda: args.func(args)), args.verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        _quiet_library_progress()
     try:
         return runner()
     except _user_errors() as e:
