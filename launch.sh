@@ -62,6 +62,6 @@ case "$cmd" in
   generate) setup; exec "$PY" -m cluster.cli generate "$@" ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
   bench) setup; exec "$PY" -m bench.train_overhead "$@" ;;
-  help|-h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$cmd' (setup | demo | train | generate | test | bench)" ;;
 esac

@@ -1,6 +1,5 @@
 """The lorabench command in-process: exit codes and messages users see."""
 
-from pathlib import Path
 
 from cluster.cli import EXIT_USER_ERROR, main
 
