@@ -17,14 +17,14 @@ EXIT_USER_ERROR = 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from training.adapter_load import AdapterLoadError
+    from training.adapters import AdapterError
     from training.checkpoint import CheckpointError
     from training.config import ConfigError
     from training.data.pipeline import DataError
     from training.lora import LoraTargetError
     from training.models import ModelFolderError
     from training.runtime import RuntimeConfigError
-    return (ConfigError, CheckpointError, DataError, ModelFolderError, AdapterLoadError,
+    return (ConfigError, CheckpointError, DataError, ModelFolderError, AdapterError,
             RuntimeConfigError, LoraTargetError, FileNotFoundError)
 
 
@@ -71,6 +71,11 @@ def cmd_make_data(argv: list[str]) -> int:
     return main(argv) or 0
 
 
+def cmd_adapter(argv: list[str]) -> int:
+    from training.adapters.cli import main
+    return main(argv)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
     run_demo(Path(args.out), steps=args.steps)
@@ -114,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wan only: Wan2.1 T2V layout or Wan2.2 TI2V-5B layout")
     m.set_defaults(func=cmd_make_tiny)
 
-    # make-data keeps its own parser (training.data.synthetic); listed here for --help.
+    # make-data and adapter keep their own parsers; listed here for --help.
     sub.add_parser("make-data", help="write synthetic webdataset shards (moving shapes + captions)",
+                   add_help=False)
+    sub.add_parser("adapter", help="inspect | verify | convert LoRA adapters (any key dialect)",
                    add_help=False)
 
     d = sub.add_parser("demo", help="tiny end-to-end run: model, data, training, base vs LoRA samples")
@@ -135,8 +142,9 @@ def _quiet_library_progress() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "make-data":
-        runner: Callable[[], int] = lambda: cmd_make_data(argv[1:])
+    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter}
+    if argv and argv[0] in passthrough:
+        runner: Callable[[], int] = lambda: passthrough[argv[0]](argv[1:])
         verbose = False
     else:
         args = build_parser().parse_args(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,11 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapter_load import AdapterInfo, load_adapter_for_sampling
+from .adapters import AdapterReport, load_adapter, verify_effect
 from .media_io import to_uint8, write_mp4, write_png
 from .models import ModelSpec, spec_for_folder
 from .runtime import resolve_device
 from .seeding import sample_seed
+
+log = logging.getLogger("lorabench.generate")
 
 
 @dataclass
@@ -33,6 +36,8 @@ class SampleRecord:
     adapter: Optional[str]
     adapter_sha256: Optional[str]
     adapter_scale: Optional[float]
+    adapter_rank: Optional[str]
+    adapter_alpha: Optional[str]
     output_sha256: str  # of the raw uint8 output, before any lossy encoding
     seconds: float
 
@@ -71,9 +76,13 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
     dev = resolve_device(device)
     pipe = spec.load_pipeline(model_dir).to(dev)
     pipe.set_progress_bar_config(disable=True)
-    info: Optional[AdapterInfo] = None
+    info: Optional[AdapterReport] = None
     if adapter is not None:
-        info = load_adapter_for_sampling(pipe, adapter, scale)
+        # Every adapter module must patch the model (else AdapterError with the table), and one
+        # forward with vs without it must differ: a LoRA that does nothing never reaches samples.
+        info = load_adapter(pipe, adapter, scale=scale)
+        verify_effect(pipe, spec, info)
+        log.info("adapter applied: %s", info.summary())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_len = max_text_length or spec.default_max_text_length
@@ -88,13 +97,23 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
         path = _write(pixels, spec, out / f"sample-{i:04d}", fps)
         records.append(SampleRecord(
             index=i, prompt=prompt, seed=s, path=str(path),
-            adapter=str(info.path) if info else None, adapter_sha256=info.sha256 if info else None,
+            adapter=info.source if info else None, adapter_sha256=info.sha256 if info else None,
             adapter_scale=scale if info else None,
+            adapter_rank=_counts(info.ranks) if info else None,
+            adapter_alpha=_counts(info.alphas) if info else None,
             output_sha256=hashlib.sha256(pixels.tobytes()).hexdigest(), seconds=round(time.perf_counter() - start, 4)))
     with open(out / "samples.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
     return records
+
+
+def _counts(values: dict[str, float]) -> str:
+    """'16' when every module agrees, else 'value x count' pairs: compact and exact."""
+    distinct = sorted(set(values.values()))
+    if len(distinct) == 1:
+        return f"{distinct[0]:g}"
+    return ", ".join(f"{v:g} x{list(values.values()).count(v)}" for v in distinct)
 
 
 def _write(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from . import __version__
 from .callbacks import Callback, JsonlLogger, NonFiniteGuard, ProgressBar, TensorBoardLogger
+from .adapters import inspect_adapter
 from .checkpoint import (CheckpointError, TrainState, config_hash, read_manifest, resolve_resume,
                          save_checkpoint)
 from .config import ConfigError, RunConfig, dump_config
@@ -292,6 +293,13 @@ class Trainer:
         if set(saved) != {PEFT_PREFIX + k for k in state} or any(
                 not torch.equal(saved[PEFT_PREFIX + k], v) for k, v in state.items()):
             raise CheckpointError(f"{path / PEFT_WEIGHTS} does not hold the trained adapter")
+        # And it must load back onto this architecture with full coverage through the same
+        # loader eval uses (names and shapes only, no forward): a bad save fails at this step.
+        report = inspect_adapter(path, self.model)
+        if not report.ok or len(report.matched) != len(self.adapted):
+            raise CheckpointError(f"{path} does not reload with full coverage "
+                                  f"({len(report.matched)} of {len(self.adapted)} modules):\n"
+                                  f"{report.to_table()}")
         return path
 
     # ------------------------------------------------------------------ main loop

@@ -41,3 +41,12 @@ def test_make_tiny_make_data_train_generate(tmp_path, capsys):
                  "--steps", "2"]) == 0
     assert (tmp_path / "s/sample-0000.mp4").is_file()
     assert "1 samples in" in capsys.readouterr().out
+
+
+def test_adapter_subcommands_are_wired(tmp_path, capsys):
+    from training.models import get_spec
+    model = get_spec("wan").make_tiny(tmp_path / "m")
+    assert main(["adapter", "inspect", str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert main(["adapter", "verify", str(tmp_path / "missing"), "--model", str(model)]) == 1
+    assert main(["adapter"]) == 2

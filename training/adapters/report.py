@@ -1,0 +1,266 @@
+"""What an adapter holds and how it fits a model, as an explained table (never a bare count).
+
+Field note 2: "311 missing keys" that were fine, and field note 1: a LoRA that silently did
+nothing. The report lists every module with its rank, alpha and delta norm, and every key that
+did not fit with the reason why, so success and failure read differently at a glance.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+
+from ..checkpoint import config_hash
+from .names import block_count
+
+if TYPE_CHECKING:
+    from .formats import Adapter, ModuleLora
+    from .names import ModelInfo
+
+
+class AdapterError(RuntimeError):
+    """The adapter cannot be read, does not fit the model, or has no effect."""
+
+    def __init__(self, message: str, report: Optional["AdapterReport"] = None):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class KeyIssue:
+    name: str      # module name (model naming when resolved) or raw key
+    reason: str
+    rank: Optional[int] = None
+    alpha: Optional[float] = None
+
+
+@dataclass
+class AdapterReport:
+    """Everything known about one adapter and its fit to one model."""
+
+    source: str
+    sha256: str
+    dialect: str
+    scale: float = 1.0
+    adapter_name: str = "lorabench"
+    model: Optional[str] = None                 # target model class, None when inspected alone
+    ranks: dict[str, int] = field(default_factory=dict)
+    alphas: dict[str, float] = field(default_factory=dict)
+    alpha_source: str = ""
+    use_rslora: bool = False
+    matched: list[str] = field(default_factory=list)
+    missing: list[KeyIssue] = field(default_factory=list)
+    unexpected: list[KeyIssue] = field(default_factory=list)
+    full_tensors: list[str] = field(default_factory=list)   # modules_to_save: replaced whole
+    delta_norms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    adapter_blocks: Optional[int] = None
+    model_blocks: Optional[int] = None
+    loaded: bool = False                        # injected into the model (not just inspected)
+    effect_max_diff: Optional[float] = None     # set by verify_effect
+
+    @property
+    def ok(self) -> bool:
+        """Every adapter tensor fits the model and nothing it targets is missing."""
+        return bool(self.matched or self.full_tensors) and not self.missing and not self.unexpected
+
+    def scaling(self, module: str) -> float:
+        """Effective multiplier of B@A for ``module``: scale * alpha / r (alpha / sqrt(r) with rsLoRA)."""
+        r = self.ranks[module]
+        return self.scale * self.alphas[module] / (math.sqrt(r) if self.use_rslora else r)
+
+    def summary(self) -> str:
+        return (f"{self.source} (sha256 {self.sha256[:12]}, {self.dialect}): {len(self.matched)} modules "
+                f"matched, rank {_counts(self.ranks)}, alpha {_counts(self.alphas)}, scale {self.scale:g}; "
+                f"{len(self.missing)} missing, {len(self.unexpected)} unexpected")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_table(self, max_matched: Optional[int] = None) -> str:
+        """Aligned text: a header, then problems first, then matched modules (up to ``max_matched``)."""
+        blocks = ""
+        if self.adapter_blocks or self.model_blocks:
+            blocks = f" (blocks: adapter {self.adapter_blocks or '-'}, model {self.model_blocks or '-'})"
+        head = [("adapter", self.source), ("sha256", self.sha256), ("dialect", self.dialect),
+                ("model", (self.model or "none (inspected alone)") + blocks),
+                ("rank", _counts(self.ranks) or "-"),
+                ("alpha", f"{_counts(self.alphas) or '-'}  from {self.alpha_source or '-'}"
+                          + ("  (rsLoRA: alpha/sqrt(r))" if self.use_rslora else "")),
+                ("scale", f"{self.scale:g}"),
+                ("result", f"{len(self.matched)} matched, {len(self.missing)} missing, "
+                           f"{len(self.unexpected)} unexpected, {len(self.full_tensors)} full tensors"
+                           + ("  [loaded]" if self.loaded else ""))]
+        head += [("note", n) for n in self.notes]
+        if self.effect_max_diff is not None:
+            head.append(("effect", f"max |output with - without adapter| = {self.effect_max_diff:.3e}"))
+        width = max(len(k) for k, _ in head)
+        lines = [f"{k:<{width}}  {v}" for k, v in head]
+        rows = [(i.name, kind, "-" if i.rank is None else str(i.rank), "-" if i.alpha is None else f"{i.alpha:g}",
+                 "-", i.reason) for kind, issues in (("missing", self.missing), ("unexpected", self.unexpected))
+                for i in issues]
+        rows += [(n, "full", "-", "-", "-", "modules_to_save tensor: replaces the module's weights")
+                 for n in self.full_tensors]
+        shown = self.matched if max_matched is None else self.matched[:max_matched]
+        status = "matched" if self.model else "found"  # nothing to match against when inspected alone
+        rows += [(n, status, str(self.ranks[n]), f"{self.alphas[n]:g}",
+                  f"{self.delta_norms[n]:.3e}" if n in self.delta_norms else "-", "") for n in shown]
+        table = [("module", "status", "rank", "alpha", "|delta|_F", "reason")] + rows
+        widths = [max(len(r[c]) for r in table) for c in range(5)]
+        lines.append("")
+        lines += ["  ".join(r[c].ljust(widths[c]) for c in range(5)) + ("  " + r[5] if r[5] else "")
+                  for r in table]
+        if len(shown) < len(self.matched):
+            lines.append(f"... and {len(self.matched) - len(shown)} more matched modules")
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _counts(values: dict[str, Any]) -> str:
+    """'8' when uniform, else '8 (x22), 4 (x2)'."""
+    c = Counter(values.values())
+    if len(c) <= 1:
+        return ", ".join(f"{v:g}" for v in c)
+    return ", ".join(f"{v:g} (x{n})" for v, n in c.most_common())
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key putting blocks.2 before blocks.10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(s) for s in t.shape)
+
+
+def delta_norm(A: torch.Tensor, B: torch.Tensor, scaling: float) -> float:
+    """||scaling * B @ A||_F without forming B @ A: ||BA||^2 = sum((B^T B) * (A A^T))."""
+    a = A.reshape(A.shape[0], -1).double()
+    b = B.reshape(B.shape[0], -1).double()
+    sq = float(((b.T @ b) * (a @ a.T)).sum())
+    return abs(scaling) * math.sqrt(max(sq, 0.0))
+
+
+def _block(name: str) -> Optional[int]:
+    m = re.match(r"^blocks[._](\d+)[._]", name)
+    return int(m.group(1)) if m else None
+
+
+def _absent(name: str, model: "ModelInfo", adapter_blocks: Optional[int]) -> str:
+    idx = _block(name)
+    if idx is not None and model.blocks is not None and idx >= model.blocks:
+        return (f"module `{name}` does not exist: the adapter has {adapter_blocks} blocks, "
+                f"the model {model.blocks}")
+    close = difflib.get_close_matches(name, list(model.layers), n=1, cutoff=0.6)
+    hint = f" (closest: `{close[0]}`)" if close else ""
+    return f"module `{name}` does not exist in {model.class_name}{hint}"
+
+
+def _problem(mod: "ModuleLora", model: Optional["ModelInfo"], adapter_blocks: Optional[int]) -> Optional[str]:
+    if mod.problem:
+        return mod.problem
+    A, B = mod.A, mod.B
+    if mod.is_lora:
+        if A is None or B is None:
+            return f"has lora_{'B' if A is None else 'A'} but no lora_{'A' if A is None else 'B'} ({mod.keys[0]})"
+        if A.ndim < 2 or B.ndim < 2 or A.shape[0] != B.shape[1]:
+            return f"rank mismatch: A is {_shape(A)} but B is {_shape(B)}"
+    if model is None:
+        return None
+    if mod.is_lora:
+        layer = model.layers.get(mod.name)
+        if layer is None:
+            if mod.name in model.others:
+                return f"module `{mod.name}` is a {model.others[mod.name]}: LoRA applies to Linear/Conv layers"
+            return _absent(mod.name, model, adapter_blocks)
+        if A.shape[1] != layer.in_features or B.shape[0] != layer.out_features:
+            return f"shape mismatch with model {layer.describe()}: A is {_shape(A)}, B is {_shape(B)}"
+    for param, t in mod.full.items():
+        want = model.params.get(f"{mod.name}.{param}")
+        if want is None:
+            return _absent(mod.name, model, adapter_blocks) if not mod.is_lora else \
+                f"parameter `{mod.name}.{param}` does not exist in {model.class_name}"
+        if tuple(t.shape) != want:
+            return f"full tensor `{param}` is {_shape(t)} but the model's is {'x'.join(map(str, want))}"
+    return None
+
+
+def _targeted(name: str, targets: Any, exclude: Any) -> Optional[str]:
+    """The config entry that makes peft adapt ``name`` (peft's matching rules), else None."""
+    def hit(spec: Any) -> Optional[str]:
+        if isinstance(spec, str):
+            return spec if re.fullmatch(spec, name) else None
+        return next((t for t in spec or () if name == t or name.endswith("." + t)), None)
+    return None if exclude and hit(exclude) else hit(targets)
+
+
+def _missing(adapter: "Adapter", model: "ModelInfo", adapter_blocks: Optional[int]) -> list[KeyIssue]:
+    targets = adapter.targets
+    if not targets or targets == "all-linear":  # all-linear depends on peft's output-layer rule
+        return []
+    exclude = (adapter.config or {}).get("exclude_modules")
+    # Targets are written in the file's naming; compare in that naming when names were mapped.
+    table = model.names if adapter.renamed_from else None
+    out = []
+    for name in sorted(model.layers, key=natural_key):
+        cfg_name = (table.to_original(name) if table else None) or name
+        t = _targeted(cfg_name, targets, exclude)
+        if t is None or (name in adapter.modules and adapter.modules[name].is_lora):
+            continue
+        idx = _block(name)
+        why = (f": the adapter has {adapter_blocks} blocks, the model {model.blocks}"
+               if idx is not None and adapter_blocks is not None and idx >= adapter_blocks else "")
+        out.append(KeyIssue(name, f"targeted by `{t}` in {adapter.config_source}, but the file has no "
+                                  f"weights for it{why}"))
+    return out
+
+
+def build_report(adapter: "Adapter", model: Optional["ModelInfo"], scale: float = 1.0,
+                 adapter_name: str = "lorabench") -> AdapterReport:
+    """Match a normalised adapter against a model description (or describe it alone)."""
+    rep = AdapterReport(source=str(adapter.source), sha256=adapter.sha256, dialect=adapter.dialect,
+                        scale=scale, adapter_name=adapter_name, model=model.class_name if model else None,
+                        alpha_source=adapter.alpha_sources(), use_rslora=adapter.use_rslora,
+                        notes=list(adapter.notes), model_blocks=model.blocks if model else None)
+    rep.unexpected = list(adapter.issues)
+    rep.adapter_blocks = block_count(adapter.modules)
+    if adapter.renamed_from:
+        rep.notes.append(f"module names mapped from original {adapter.renamed_from} naming to diffusers naming")
+    for name, mod in sorted(adapter.modules.items(), key=lambda kv: natural_key(kv[0])):
+        reason = _problem(mod, model, rep.adapter_blocks)
+        if reason:
+            rep.unexpected.append(KeyIssue(name, reason, mod.rank, mod.alpha))
+            continue
+        if mod.full:
+            rep.full_tensors.append(name)
+        if mod.is_lora:
+            rep.matched.append(name)
+            rep.ranks[name], rep.alphas[name] = mod.rank, mod.alpha
+            rep.delta_norms[name] = delta_norm(mod.A, mod.B, rep.scaling(name))
+    if model is not None:
+        rep.missing = _missing(adapter, model, rep.adapter_blocks)
+        note = _base_model_note(adapter, model)
+        if note:
+            rep.notes.append(note)
+    return rep
+
+
+def _base_model_note(adapter: "Adapter", model: "ModelInfo") -> Optional[str]:
+    """Compare the transformer config a lorabench checkpoint was trained on with this model's."""
+    base = (adapter.manifest or {}).get("base_model") or {}
+    want = base.get("transformer_config_sha256")
+    if not want:
+        return None
+    if model.config_file is None:
+        return (f"trained on {base.get('family')} at {base.get('path')}; this model was not loaded from a "
+                "folder, so its config was not compared")
+    have = config_hash(model.config_file)
+    if have == want:
+        return f"transformer config matches the one it was trained on (sha256 {want[:12]})"
+    return (f"WARNING: transformer config differs from training: trained on {base.get('path')} (config sha256 "
+            f"{want[:12]}), this model is {model.config_file} ({have[:12]})")
