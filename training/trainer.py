@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -152,7 +153,10 @@ class Trainer:
         self.shift = self.spec.flow_shift(self.pipe)
         self.num_timesteps = self.spec.num_train_timesteps(self.pipe)
         self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length
-        self.transformer_config_sha256 = config_hash(Path(cfg.model.path) / "transformer" / "config.json")
+        tr_config = Path(cfg.model.path) / "transformer" / "config.json"
+        self.transformer_config_sha256 = config_hash(tr_config)
+        self.transformer_config = {k: v for k, v in json.loads(tr_config.read_text()).items()
+                                   if not k.startswith("_")}
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
@@ -269,7 +273,9 @@ class Trainer:
             "base_model": {"family": cfg.model.family, "path": str(Path(cfg.model.path).resolve()),
                            "folder_name": Path(cfg.model.path).resolve().name,
                            "revision": cfg.model.revision,
-                           "transformer_config_sha256": self.transformer_config_sha256},
+                           "transformer_config_sha256": self.transformer_config_sha256,
+                           # kept whole (it is small) so a mismatch can be shown field by field
+                           "transformer_config": self.transformer_config},
             "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
                      "target_modules": sorted(self.lora_cfg.target_modules),
                      "adapted_modules": len(self.adapted)},

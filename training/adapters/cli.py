@@ -34,7 +34,10 @@ def load_denoiser(model_dir: str, meta: bool = False) -> tuple[object, torch.nn.
     cls = getattr(diffusers, index[comp][1])
     if meta:
         with torch.device("meta"):
-            return spec, cls.from_config(cls.load_config(str(Path(model_dir) / comp)))
+            model = cls.from_config(cls.load_config(str(Path(model_dir) / comp)))
+        # from_config does not record the folder; the manifest comparison needs it.
+        model.register_to_config(_name_or_path=str(Path(model_dir) / comp))
+        return spec, model
     return spec, cls.from_pretrained(str(Path(model_dir) / comp), local_files_only=True)
 
 

@@ -8,6 +8,7 @@ did not fit with the reason why, so success and failure read differently at a gl
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections import Counter
@@ -262,5 +263,10 @@ def _base_model_note(adapter: "Adapter", model: "ModelInfo") -> Optional[str]:
     have = config_hash(model.config_file)
     if have == want:
         return f"transformer config matches the one it was trained on (sha256 {want[:12]})"
+    old = base.get("transformer_config") or {}
+    new = {k: v for k, v in json.loads(model.config_file.read_text()).items() if not k.startswith("_")}
+    fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if old else []
+    detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fields[:8])
     return (f"WARNING: transformer config differs from training: trained on {base.get('path')} (config sha256 "
-            f"{want[:12]}), this model is {model.config_file} ({have[:12]})")
+            f"{want[:12]}), this model is {model.config_file} ({have[:12]})"
+            + (f"; changed: {detail}" if detail else ""))
