@@ -145,6 +145,8 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
+        # fp16 needs loss scaling (small gradients underflow); a disabled scaler is a passthrough.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.counter = SkipCounter()
         self.stream = ShardStream(self.shards, modality=self.spec.modality, frames=cfg.data.frames,
@@ -179,6 +181,8 @@ class Trainer:
                 f"cannot resume from {ckpt}: the resolved shard list changed ({ts.extra.get('num_shards')} "
                 f"shards then, {len(self.shards)} now); restore the original shards or start a new run")
         self.optimizer.load_state_dict(ts.optimizer)
+        if ts.extra.get("grad_scaler"):
+            self.scaler.load_state_dict(ts.extra["grad_scaler"])
         torch.set_rng_state(ts.rng["torch_cpu"])
         self.generator.set_state(ts.rng["noise"])
         if self.device.type == "cuda" and "cuda" in ts.rng:
@@ -235,11 +239,13 @@ class Trainer:
             item = next(batch_iter)
             self._consumed = (item.data_state, item.skip_state)
             loss = self._micro_step(item.batch)
-            (loss / cfg.train.grad_accum).backward()
+            self.scaler.scale(loss / cfg.train.grad_accum).backward()
             total += loss.item()
+        self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, cfg.optim.max_grad_norm or float("inf")).item()
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skips the step on inf/nan gradients under fp16
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         skips = self._consumed_skips()
         skips.check(cfg.data.max_bad_fraction)
@@ -259,7 +265,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return TrainState(step=self.step, optimizer=self.optimizer.state_dict(), rng=rng,
                           data=self._consumed[0], skips=self._consumed[1],
-                          extra={"shards_sha256": self._shards_digest(), "num_shards": len(self.shards)})
+                          extra={"shards_sha256": self._shards_digest(), "num_shards": len(self.shards),
+                                 "grad_scaler": self.scaler.state_dict()})
 
     def _shards_digest(self) -> str:
         return hashlib.sha256("\n".join(self.shards).encode()).hexdigest()
