@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import AdapterReport, load_adapter, verify_effect
+from .adapters.report import value_counts
 from .media_io import to_uint8, write_mp4, write_png
 from .models import ModelSpec, spec_for_folder
 from .runtime import resolve_device
@@ -99,21 +100,13 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
             index=i, prompt=prompt, seed=s, path=str(path),
             adapter=info.source if info else None, adapter_sha256=info.sha256 if info else None,
             adapter_scale=scale if info else None,
-            adapter_rank=_counts(info.ranks) if info else None,
-            adapter_alpha=_counts(info.alphas) if info else None,
+            adapter_rank=value_counts(info.ranks) if info else None,
+            adapter_alpha=value_counts(info.alphas) if info else None,
             output_sha256=hashlib.sha256(pixels.tobytes()).hexdigest(), seconds=round(time.perf_counter() - start, 4)))
     with open(out / "samples.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
     return records
-
-
-def _counts(values: dict[str, float]) -> str:
-    """'16' when every module agrees, else 'value x count' pairs: compact and exact."""
-    distinct = sorted(set(values.values()))
-    if len(distinct) == 1:
-        return f"{distinct[0]:g}"
-    return ", ".join(f"{v:g} x{list(values.values()).count(v)}" for v in distinct)
 
 
 def _write(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:

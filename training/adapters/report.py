@@ -78,7 +78,7 @@ class AdapterReport:
 
     def summary(self) -> str:
         return (f"{self.source} (sha256 {self.sha256[:12]}, {self.dialect}): {len(self.matched)} modules "
-                f"matched, rank {_counts(self.ranks)}, alpha {_counts(self.alphas)}, scale {self.scale:g}; "
+                f"matched, rank {value_counts(self.ranks)}, alpha {value_counts(self.alphas)}, scale {self.scale:g}; "
                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected")
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,8 +91,8 @@ class AdapterReport:
             blocks = f" (blocks: adapter {self.adapter_blocks or '-'}, model {self.model_blocks or '-'})"
         head = [("adapter", self.source), ("sha256", self.sha256), ("dialect", self.dialect),
                 ("model", (self.model or "none (inspected alone)") + blocks),
-                ("rank", _counts(self.ranks) or "-"),
-                ("alpha", f"{_counts(self.alphas) or '-'}  from {self.alpha_source or '-'}"
+                ("rank", value_counts(self.ranks) or "-"),
+                ("alpha", f"{value_counts(self.alphas) or '-'}  from {self.alpha_source or '-'}"
                           + ("  (rsLoRA: alpha/sqrt(r))" if self.use_rslora else "")),
                 ("scale", f"{self.scale:g}"),
                 ("result", f"{len(self.matched)} matched, {len(self.missing)} missing, "
@@ -122,7 +122,7 @@ class AdapterReport:
         return "\n".join(line.rstrip() for line in lines)
 
 
-def _counts(values: dict[str, Any]) -> str:
+def value_counts(values: dict[str, Any]) -> str:
     """'8' when uniform, else '8 (x22), 4 (x2)'."""
     c = Counter(values.values())
     if len(c) <= 1:
