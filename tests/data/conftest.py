@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,27 @@ def bad_video(tmp_path_factory) -> tuple[Path, dict[str, int]]:
 def bad_image(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     path = tmp_path_factory.mktemp("bad") / "bad-image.tar"
     return path, make_bad_shard(path, SIZE, FRAMES, kind="image")
+
+
+UNEVEN = (7, 3, 5, 2, 4)  # samples per shard
+
+
+def keep_first_samples(src: Path, dst: Path, n: int) -> None:
+    """Write ``dst`` as a copy of ``src`` holding only its first ``n`` samples (two members each)."""
+    with tarfile.open(src) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()[: 2 * n]]
+    with tarfile.open(dst, "w", format=tarfile.USTAR_FORMAT) as out:
+        for info, data in members:
+            out.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="session")
+def uneven_image(tmp_path_factory) -> list[Path]:
+    """Image shards of ``UNEVEN`` sizes with distinct keys (``{shard:06d}_{index:06d}``)."""
+    full = make_data("image", tmp_path_factory.mktemp("full") / "image", shards=len(UNEVEN),
+                     samples_per_shard=max(UNEVEN), seed=1, size=SIZE)
+    out = tmp_path_factory.mktemp("uneven")
+    paths = [out / p.name for p in full]
+    for src, dst, n in zip(full, paths, UNEVEN):
+        keep_first_samples(src, dst, n)
+    return paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.data.shards import list_shards, shard_assignment
+from training.data.shards import epoch_plan, list_shards, shard_assignment
 
 
 @pytest.fixture()
@@ -70,3 +70,44 @@ def test_assignment_changes_across_epochs_and_seeds():
 def test_too_few_shards_for_workers():
     with pytest.raises(ValueError, match="at least one shard"):
         shard_assignment(["only.tar"], seed=0, epoch=0, rank=0, world_size=2)
+
+
+# ----------------------------------------------------------------------------- epoch plans
+
+SIZES = {"a.tar": 7, "b.tar": 3, "c.tar": 5, "d.tar": 2, "e.tar": 4}
+
+
+@pytest.mark.parametrize("epoch", range(4))
+def test_epoch_plan_matches_assignment(epoch):
+    shards = list(SIZES)
+    plan = epoch_plan(shards, SIZES, seed=5, epoch=epoch, world_size=2, batch_size=2)
+    assert plan.epoch == epoch and plan.world_size == 2 and plan.batch_size == 2
+    assert [list(p) for p in plan.shards] == [shard_assignment(shards, 5, epoch, r, 2) for r in range(2)]
+    assert plan.raw_samples == tuple(sum(SIZES[s] for s in p) for p in plan.shards)
+    assert sum(plan.raw_samples) == 21
+    assert plan.samples_per_rank == min(plan.raw_samples) // 2 * 2 > 0
+    assert plan.dropped == tuple(n - plan.samples_per_rank for n in plan.raw_samples)
+    assert f"epoch {epoch}: {plan.samples_per_rank} samples per rank (batch 2)" in plan.summary()
+    assert plan == epoch_plan(shards, dict(SIZES), seed=5, epoch=epoch, world_size=2, batch_size=2)
+
+
+def test_epoch_plan_below_one_batch_names_rank_shards_and_fixes():
+    counts = {"big.tar": 50, "tiny.tar": 3}
+    plan = epoch_plan(list(counts), counts, seed=0, epoch=0, world_size=2, batch_size=3)
+    assert plan.samples_per_rank == 3
+    with pytest.raises(ValueError) as exc:
+        epoch_plan(list(counts), counts, seed=0, epoch=7, world_size=2, batch_size=4)
+    msg = str(exc.value)
+    tiny_rank = next(r for r in range(2) if shard_assignment(list(counts), 0, 7, r, 2) == ["tiny.tar"])
+    for part in ("epoch 7", f"rank {tiny_rank} of 2", "tiny.tar", "only 3 sample(s)", "batch_size=4",
+                 "more or larger shards", "fewer data workers", "smaller batch size"):
+        assert part in msg
+
+
+def test_epoch_plan_input_errors():
+    with pytest.raises(ValueError, match="at least one shard"):
+        epoch_plan(["only.tar"], {"only.tar": 10}, seed=0, epoch=0, world_size=2, batch_size=1)
+    with pytest.raises(ValueError, match="no sample count for shard.*d.tar"):
+        epoch_plan(list(SIZES), {k: v for k, v in SIZES.items() if k != "d.tar"}, 0, 0, 2, 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_plan(list(SIZES), SIZES, 0, 0, 2, 0)

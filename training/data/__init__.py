@@ -2,7 +2,9 @@
 
 Modules (import the one you need; importing this package pulls in nothing heavy):
 
-- ``shards``: ``list_shards`` (expand a ``data.shards`` spec), ``shard_assignment``.
+- ``shards``: ``list_shards`` (expand a ``data.shards`` spec), ``shard_assignment``,
+  ``epoch_plan``/``EpochPlan`` (equal samples per worker and epoch).
+- ``index``: ``count_samples``, ``shard_sample_counts`` (per-shard sample counts, cached).
 - ``decode``: ``BadSample``, ``decode_video``, ``decode_image``, ``caption_of``, ``media_of``.
 - ``pipeline``: ``ShardStream``, ``SkipCounter``, ``DataError``, ``collate``, ``batches``.
 - ``synthetic``: ``make_data``, ``make_bad_shard`` and the ``lorabench make-data`` CLI.

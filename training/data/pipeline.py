@@ -9,9 +9,27 @@ Order of operations per epoch and rank (everything seeded, nothing depends on ti
    ``random.Random`` seeded from (seed, epoch, rank);
 4. only then are samples decoded; bad ones are counted per reason and skipped.
 
+Balanced epochs (``sample_counts`` given, see ``index.shard_sample_counts``): shards differ
+in size, so the ranks' shares of an epoch do too, and a rank whose share ends first would
+start its next epoch early (or, with collective ops, hang) while the others still train.
+Every rank therefore yields exactly ``epoch_plan(...).samples_per_rank`` good samples per
+epoch: the smallest share rounded down to whole batches, computed from the counts alone, so
+ranks agree without talking to each other.
+
+- *drop the remainder*: a rank stops its epoch after that many good samples; the rest of
+  its share is not read this epoch (the next epoch reshuffles the shard assignment and
+  order, so a different part is dropped; only the tail of a shard much larger than the
+  smallest share can miss every epoch, so keep shard sizes similar);
+- *resample*: a rank whose share runs out of good samples first (bad ones are skipped)
+  reads its share again, in the same order, until it has yielded its quota; those samples
+  are counted in ``resampled``. A full pass without a single good sample is an error.
+
+Without ``sample_counts`` an epoch is simply one pass over the rank's share, however long.
+
 Resuming is exact: ``state_dict()`` records how many raw samples of the epoch's shuffled
-stream were consumed, and a restored stream replays the epoch, dropping that many raw
-samples without decoding them.
+sequence (repeat passes included) were consumed and, for balanced epochs, how many good
+samples were yielded; a restored stream replays the epoch, dropping that many raw samples
+without decoding them.
 
 A shard that cannot be read (missing, truncated or not a tar, a failing ``pipe:``
 command) raises :class:`DataError` naming the shard instead of being counted as a skip:
@@ -20,15 +38,19 @@ it loses many samples at once and usually means a broken copy that should be fix
 
 from __future__ import annotations
 
+import itertools
+import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional
 
 import torch
 from webdataset import tariterators
 
 from .decode import BadSample, caption_of, decode_image, decode_video, media_of
-from .shards import epoch_seed, shard_assignment
+from .shards import EpochPlan, epoch_plan, epoch_seed, shard_assignment
+
+log = logging.getLogger("lorabench.data")
 
 
 class DataError(RuntimeError):
@@ -218,6 +240,13 @@ class ShardStream:
 
     Iterating continues from the current position; use one live iterator at a time (each
     iterator updates the stream's position as it goes).
+
+    With ``sample_counts`` (``{shard: samples}`` for every shard) epochs are balanced: each of
+    the ``world_size`` ranks yields exactly ``epoch_plan(...).samples_per_rank`` samples per
+    epoch, a multiple of ``batch_size``, dropping the rest of a larger share and reading a
+    share again when bad samples leave it short (see the module docstring). ``last_plan``
+    holds the current epoch's :class:`EpochPlan` (None without ``sample_counts``). Without
+    them an epoch is one pass over the rank's share and ``batch_size`` is unused.
     """
 
     def __init__(
@@ -233,6 +262,8 @@ class ShardStream:
         world_size: int = 1,
         shuffle_buffer: int = 64,
         counter: Optional[SkipCounter] = None,
+        sample_counts: Optional[Mapping[str, int]] = None,
+        batch_size: int = 1,
     ) -> None:
         if modality not in ("video", "image"):
             raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
@@ -240,6 +271,8 @@ class ShardStream:
             raise ValueError(f"frames, height and width must be >= 1, got {frames}, {height}, {width}")
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.shards = list(shards)
         shard_assignment(self.shards, seed, 0, rank, world_size)  # fail now, not at first batch
         self.modality = modality
@@ -247,23 +280,51 @@ class ShardStream:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle_buffer = shuffle_buffer
         self.counter = counter if counter is not None else SkipCounter()
+        self.batch_size = batch_size
+        self.sample_counts = dict(sample_counts) if sample_counts is not None else None
         self._epoch = 0
         self._position = 0
+        self._yielded = 0
+        #: Good samples yielded from repeat passes (balanced epochs) by this object; not saved.
+        self.resampled = 0
+        self.last_plan: Optional[EpochPlan] = None
+        self._logged_epoch: Optional[int] = None
+        if self.sample_counts is not None:
+            self._plan(0)  # fail now (missing counts, share below one batch), not at first batch
 
     # -- resume ----------------------------------------------------------------
 
     def state_dict(self) -> dict[str, int]:
-        """``{"epoch": e, "position": n}``: n raw samples (good or bad) of epoch e consumed."""
-        return {"epoch": self._epoch, "position": self._position}
+        """Where the stream is, as plain ints.
+
+        ``{"epoch": e, "position": n, "yielded": g}`` with balanced epochs: n raw samples (good
+        or bad, repeat passes included) of epoch e consumed, g good ones yielded. Without
+        ``sample_counts`` the form is ``{"epoch": e, "position": n}``, as before.
+        """
+        if self.sample_counts is None:
+            return {"epoch": self._epoch, "position": self._position}
+        return {"epoch": self._epoch, "position": self._position, "yielded": self._yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` at the next ``iter()``; the skip counter is restored separately."""
-        epoch, position = state.get("epoch"), state.get("position")
-        if not isinstance(epoch, int) or not isinstance(position, int) or epoch < 0 or position < 0:
+        """Continue from ``state`` at the next ``iter()``; the skip counter is restored separately.
+
+        Either form of :meth:`state_dict` is accepted. A state without ``yielded`` taken mid-epoch
+        (written without ``sample_counts``) resumes a balanced stream as if nothing had been
+        yielded yet in that epoch: the rank yields a full quota from that position, so all
+        ranks stay in step, at the cost of seeing some samples of that epoch twice.
+        """
+        epoch, position, yielded = state.get("epoch"), state.get("position"), state.get("yielded", 0)
+        if not all(isinstance(v, int) and v >= 0 for v in (epoch, position, yielded)) or yielded > position:
             raise ValueError(
-                f"bad data stream state {state!r}: need non-negative ints 'epoch' and 'position'"
+                f"bad data stream state {state!r}: need non-negative ints 'epoch' and 'position' "
+                f"and optionally 'yielded' (at most 'position')"
             )
-        self._epoch, self._position = epoch, position
+        if self.sample_counts is not None and "yielded" not in state and position > 0:
+            log.warning("data stream state %s has no 'yielded' count (written without balanced "
+                        "epochs): rank %d yields a full epoch quota from there", state, self.rank)
+        self._epoch, self._position, self._yielded = epoch, position, yielded
+        if self.sample_counts is not None:
+            self._plan(epoch)
 
     # -- iteration -------------------------------------------------------------
 
@@ -290,6 +351,12 @@ class ShardStream:
         return {"key": key, "pixels": pixels, "caption": caption}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.sample_counts is None:
+            return self._iter_passes()
+        return self._iter_balanced()
+
+    def _iter_passes(self) -> Iterator[dict[str, Any]]:
+        """Epochs of one pass over the rank's share each, however many samples that gives."""
         while True:
             epoch, start = self._epoch, self._position
             consumed = good = 0
@@ -311,6 +378,65 @@ class ShardStream:
             if start == 0 and good == 0:  # after a mid-epoch resume, earlier samples may have been good
                 raise self._no_good_samples(epoch, consumed)
             self._epoch, self._position = epoch + 1, 0
+
+    # -- balanced epochs -------------------------------------------------------
+
+    def _plan(self, epoch: int) -> EpochPlan:
+        """The plan of ``epoch`` (kept in ``last_plan``; pure, so recomputing it is safe)."""
+        if self.last_plan is None or self.last_plan.epoch != epoch:
+            assert self.sample_counts is not None
+            self.last_plan = epoch_plan(self.shards, self.sample_counts, self.seed, epoch,
+                                        self.world_size, self.batch_size)
+        return self.last_plan
+
+    def _iter_balanced(self) -> Iterator[dict[str, Any]]:
+        """Epochs of exactly ``samples_per_rank`` good samples each (see the module docstring)."""
+        while True:
+            plan = self._plan(self._epoch)
+            if self.rank == 0 and self._logged_epoch != plan.epoch:  # every rank has the same plan
+                log.info("data %s", plan.summary())
+                self._logged_epoch = plan.epoch
+            if self._yielded < plan.samples_per_rank:  # else: restored right after the epoch's last sample
+                yield from self._balanced_epoch(plan)
+            self._epoch, self._position, self._yielded = plan.epoch + 1, 0, 0
+
+    def _balanced_epoch(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
+        """The rest of ``plan.epoch`` from the current position: passes over the share until the quota."""
+        epoch, start, quota = plan.epoch, self._position, plan.samples_per_rank
+        consumed = 0
+        for repeat in itertools.count():
+            pass_start, good = consumed, 0
+            for raw in self._epoch_samples(epoch):
+                consumed += 1
+                if consumed <= start:
+                    continue  # resuming: already consumed before the checkpoint, not decoded
+                self._position = consumed
+                sample = self._decode(raw)
+                if sample is None:
+                    continue
+                good += 1
+                self._yielded += 1
+                if repeat:
+                    self.resampled += 1
+                yield sample
+                if self._yielded >= quota:
+                    return  # drop the remainder of the share for this epoch
+            self._check_pass_length(plan, consumed - pass_start)
+            if good == 0 and pass_start >= start:  # judged only on passes decoded in full
+                raise self._no_good_samples(epoch, consumed - pass_start)
+
+    def _check_pass_length(self, plan: EpochPlan, length: int) -> None:
+        """A pass must hold as many samples as counted; otherwise the plan (and resume) is off."""
+        expected = plan.raw_samples[self.rank]
+        if length != expected:
+            shards = plan.shards[self.rank]
+            listed = ", ".join(shards[:5]) + (" ..." if len(shards) > 5 else "")
+            raise DataError(
+                f"rank {self.rank}'s shards in epoch {plan.epoch} ({listed}) hold {length} samples, "
+                f"but the sample counts say {expected}: the shards changed after they were counted. "
+                f"Count them again (delete the sample count cache if one is used) and restart; "
+                f"a checkpoint taken with the old shards cannot be resumed exactly."
+            )
 
     def _no_good_samples(self, epoch: int, consumed: int) -> DataError:
         shards = shard_assignment(self.shards, self.seed, epoch, self.rank, self.world_size)

@@ -1,10 +1,13 @@
-"""Shard lists: expand a ``data.shards`` spec and split shards between workers per epoch."""
+"""Shard lists: expand a ``data.shards`` spec, split shards between workers per epoch, and plan
+epochs in which every worker yields the same number of samples (:func:`epoch_plan`)."""
 
 from __future__ import annotations
 
 import os
 import random
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -90,6 +93,25 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+def _check_split(num_shards: int, rank: int, world_size: int) -> None:
+    """Raise ``ValueError`` unless ``num_shards`` shards can be split over ``world_size`` workers."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if num_shards < world_size:
+        raise ValueError(
+            f"{num_shards} shard(s) cannot be split over {world_size} data workers: each worker "
+            f"needs at least one shard. Write the data as at least {world_size} shards "
+            f"(e.g. `lorabench make-data --shards {world_size} ...`) or use fewer workers."
+        )
+
+
+def _epoch_order(shards: list[str], seed: int, epoch: int) -> list[str]:
+    """All shards in the order of ``epoch``; rank r of W takes positions r, r + W, ..."""
+    order = list(shards)
+    random.Random(epoch_seed(seed, epoch)).shuffle(order)
+    return order
+
+
 def shard_assignment(shards: list[str], seed: int, epoch: int, rank: int, world_size: int) -> list[str]:
     """Shards that worker ``rank`` of ``world_size`` reads in ``epoch`` (pure function).
 
@@ -97,14 +119,91 @@ def shard_assignment(shards: list[str], seed: int, epoch: int, rank: int, world_
     takes positions r, r + world_size, ... Ranks are disjoint and together cover every
     shard; counts may differ by one between ranks.
     """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    if len(shards) < world_size:
-        raise ValueError(
-            f"{len(shards)} shard(s) cannot be split over {world_size} data workers: each worker "
-            f"needs at least one shard. Write the data as at least {world_size} shards "
-            f"(e.g. `lorabench make-data --shards {world_size} ...`) or use fewer workers."
+    _check_split(len(shards), rank, world_size)
+    return _epoch_order(shards, seed, epoch)[rank::world_size]
+
+
+# ----------------------------------------------------------------------------- epoch plans
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How many samples each worker yields in one epoch, so that all workers stay in step.
+
+    Shards differ in size, so the workers' shares of an epoch (``shards[r]``, holding
+    ``raw_samples[r]`` samples) differ too. Every worker yields ``samples_per_rank`` samples:
+    the smallest share rounded down to whole batches. Larger shares drop their remainder
+    for this epoch (``dropped``, the end of the worker's reading order); the next epoch
+    reshuffles which shards go together and in which order, so the dropped part moves. Only
+    the tail of a shard much larger than the smallest share can be dropped in every epoch
+    (e.g. one shard per worker): keep shard sizes similar, with several shards per worker.
+    Without a plan, a worker that runs out first starts its next epoch (or, in frameworks
+    with collective ops, waits forever) while the others are still training.
+    """
+
+    epoch: int
+    batch_size: int
+    shards: tuple[tuple[str, ...], ...]  # per rank, in reading order
+    raw_samples: tuple[int, ...]  # per rank: samples in its shards, good or bad
+    samples_per_rank: int
+
+    @property
+    def world_size(self) -> int:
+        return len(self.shards)
+
+    @property
+    def dropped(self) -> tuple[int, ...]:
+        """Raw samples each rank leaves unread this epoch (before any bad ones are skipped)."""
+        return tuple(n - self.samples_per_rank for n in self.raw_samples)
+
+    def summary(self) -> str:
+        """One line for logs, e.g. ``epoch 2: 12 samples per rank (batch 4); raw [17, 12], ...``."""
+        return (
+            f"epoch {self.epoch}: {self.samples_per_rank} samples per rank (batch {self.batch_size}); "
+            f"raw samples per rank {list(self.raw_samples)}, dropped {list(self.dropped)}"
         )
-    order = list(shards)
-    random.Random(epoch_seed(seed, epoch)).shuffle(order)
-    return order[rank::world_size]
+
+
+def _shard_counts(shards: tuple[str, ...], counts: Mapping[str, int]) -> int:
+    """Total samples of ``shards``; a shard missing from ``counts`` is an error, not zero."""
+    missing = [s for s in shards if s not in counts]
+    if missing:
+        raise ValueError(
+            f"no sample count for shard(s) {', '.join(missing[:_MAX_LISTED])}"
+            f"{' ...' if len(missing) > _MAX_LISTED else ''}: the counts must cover every shard "
+            f"(count them with training.data.index.shard_sample_counts on the same shard list)"
+        )
+    return sum(counts[s] for s in shards)
+
+
+def epoch_plan(
+    shards: list[str], counts: Mapping[str, int], seed: int, epoch: int, world_size: int, batch_size: int
+) -> EpochPlan:
+    """The :class:`EpochPlan` of ``epoch`` (pure function: every rank computes the same plan).
+
+    ``counts`` maps each shard to its number of samples (see ``index.shard_sample_counts``).
+    Raises ``ValueError`` when the smallest share holds less than one batch: the epoch could
+    not train at all, and the message names the rank, its shards and the possible fixes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_split(len(shards), 0, world_size)
+    order = _epoch_order(shards, seed, epoch)
+    per_rank = tuple(tuple(order[r::world_size]) for r in range(world_size))
+    raw = tuple(_shard_counts(part, counts) for part in per_rank)
+    smallest = min(range(world_size), key=lambda r: raw[r])  # lowest rank among ties
+    per_rank_samples = raw[smallest] // batch_size * batch_size
+    if per_rank_samples == 0:
+        raise _empty_epoch(epoch, smallest, per_rank[smallest], raw[smallest], batch_size, world_size)
+    return EpochPlan(epoch, batch_size, per_rank, raw, per_rank_samples)
+
+
+def _empty_epoch(epoch: int, rank: int, shards: tuple[str, ...], samples: int, batch_size: int,
+                 world_size: int) -> ValueError:
+    listed = ", ".join(shards[:_MAX_LISTED]) + (" ..." if len(shards) > _MAX_LISTED else "")
+    return ValueError(
+        f"epoch {epoch} cannot give every data worker a full batch: rank {rank} of {world_size} "
+        f"gets shard(s) {listed} with only {samples} sample(s), fewer than batch_size={batch_size}, "
+        f"and all ranks must yield the same number of whole batches. Write more or larger "
+        f"shards, use fewer data workers, or a smaller batch size."
+    )

@@ -1,0 +1,210 @@
+"""Sample counts per shard, so that every worker can be given the same number of samples.
+
+Counts follow webdataset's own grouping: consecutive tar members sharing a key (the member
+path up to the first dot of its file name) form one sample, exactly as the input stream
+groups them. Local tars are counted from their member headers only (``tarfile`` seeks over
+the member data), which takes milliseconds even for large shards; ``pipe:`` and URL shards
+have to be streamed through once.
+
+:func:`shard_sample_counts` can keep the counts in a JSON cache file::
+
+    {"version": 1, "shards": {
+        "/data/shard-000000.tar": {"realpath": "...", "size": 123, "mtime_ns": 456, "samples": 64},
+        "pipe:aws s3 cp s3://b/shard-000001.tar -": {"samples": 64}}}
+
+A local entry is reused while the file's real path, size and mtime are unchanged. A remote
+shard cannot be checked cheaply, so it is assumed immutable: its entry is keyed by the URL
+string and reused as long as that string is the same (give changed remote data a new name,
+or delete the cache file).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Optional
+
+from tqdm import tqdm
+from webdataset import tariterators
+
+from .pipeline import DataError, _EndCheckingReader, _raw_samples
+from .shards import _is_remote
+
+log = logging.getLogger("lorabench.data")
+
+CACHE_VERSION = 1
+_PROGRESS_MIN_SHARDS = 50  # a bar for a handful of millisecond-long counts is just noise
+
+# Member names webdataset drops before grouping; taken from the installed version itself so
+# that counts keep matching what the stream yields.
+_SKIP_META = inspect.signature(tariterators.tar_file_iterator).parameters["skip_meta"].default
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+def _is_meta(name: str) -> bool:
+    """Whether webdataset's ``tar_file_iterator`` skips this member name."""
+    prefix, suffix = tariterators.meta_prefix, tariterators.meta_suffix
+    if "/" not in name and name.startswith(prefix) and name.endswith(suffix):
+        return True
+    return _SKIP_META is not None and re.match(_SKIP_META, name) is not None
+
+
+def _count_grouped(shard: str, names: Iterable[str]) -> int:
+    """Samples formed from member ``names`` (regular files, in tar order), as ``group_by_keys`` forms them."""
+    samples, key, suffixes = 0, None, set()
+    for name in names:
+        if _is_meta(name):
+            continue
+        prefix, suffix = tariterators.base_plus_ext(name)
+        if prefix is None:
+            continue  # no extension: webdataset ignores the member
+        suffix = suffix.lower()
+        if prefix != key:
+            samples, key, suffixes = samples + 1, prefix, set()
+        if suffix in suffixes:
+            # webdataset stops the shard here with "duplicate file name"; so does the stream.
+            raise DataError(
+                f"shard {shard} holds member {name} twice in sample {prefix!r} (names differ only "
+                f"in case, or are repeated); webdataset cannot read it. Re-create the shard."
+            )
+        suffixes.add(suffix)
+    return samples
+
+
+def _check_end_marker(shard: str, offset: int) -> None:
+    """Raise unless an uncompressed tar has its end-of-archive block at ``offset``.
+
+    ``tarfile`` stops without error at a header it cannot read, or at the end of the file on a
+    block boundary, so a truncated or corrupt shard would just look smaller. The stream
+    rejects such shards when it reaches them; counting rejects them up front.
+    """
+    with open(shard, "rb") as f:
+        if f.read(8).startswith(_EndCheckingReader._COMPRESSED):
+            return  # gzip/bzip2/xz: their codecs report truncation while the members are listed
+        f.seek(offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    if block != bytes(tarfile.BLOCKSIZE):
+        raise DataError(
+            f"shard {shard} has no tar end-of-archive marker after its last readable member (byte "
+            f"{offset}): it is truncated or corrupt (e.g. an interrupted copy); re-create it or "
+            f"remove it from data.shards."
+        )
+
+
+def _count_local(shard: str) -> int:
+    try:
+        with tarfile.open(shard, "r:*") as tar:
+            count = _count_grouped(shard, (info.name for info in tar if info.isreg()))
+            end = tar.offset
+        _check_end_marker(shard, end)
+    except DataError:
+        raise
+    except Exception as exn:
+        detail = (str(exn).splitlines() or [""])[0].rstrip(":")  # tarfile lists every codec it tried
+        raise DataError(
+            f"cannot read shard {shard}: {type(exn).__name__}: {detail}. The file is missing, truncated "
+            f"or not a tar archive; re-create it or remove it from data.shards."
+        ) from exn
+    return count
+
+
+def count_samples(shard: str) -> int:
+    """Number of samples in ``shard``, grouped exactly as the input stream groups them.
+
+    Local files are counted from the tar headers; ``pipe:`` and URL shards are streamed
+    through webdataset's tar iterators. Raises :class:`DataError` naming the shard when it
+    cannot be read.
+    """
+    if _is_remote(shard):
+        return sum(1 for _ in _raw_samples(shard))
+    return _count_local(shard)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _local_identity(shard: str) -> dict[str, Any]:
+    """What must be unchanged for a cached local count to be reused."""
+    try:
+        st = os.stat(shard)
+    except OSError as exn:
+        raise DataError(
+            f"cannot read shard {shard}: {exn.strerror or exn}; re-create it or remove it from data.shards."
+        ) from exn
+    return {"realpath": os.path.realpath(shard), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_cache(cache: Path) -> dict[str, dict[str, Any]]:
+    """Cached entries by shard; an unreadable or foreign cache is ignored (it is only a cache)."""
+    if not cache.exists():
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("version") != CACHE_VERSION or not isinstance(data.get("shards"), dict):
+            raise ValueError(f"expected version {CACHE_VERSION} with a 'shards' object")
+        return data["shards"]
+    except (OSError, ValueError, AttributeError) as exn:
+        log.warning("ignoring sample count cache %s (%s); counting again", cache, exn)
+        return {}
+
+
+def _write_cache(cache: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Replace ``cache`` atomically: readers (other ranks) see the old or the new file, never half."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": CACHE_VERSION, "shards": entries}, f, indent=1, sort_keys=True)
+            os.replace(tmp, cache)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exn:
+        # The counts are correct either way; failing the run over a cache would be worse.
+        log.warning("could not write sample count cache %s: %s", cache, exn)
+
+
+def _cached_count(shard: str, entry: Optional[dict[str, Any]]) -> tuple[Optional[int], dict[str, Any]]:
+    """(cached count or None, identity to store) for one shard."""
+    identity = {} if _is_remote(shard) else _local_identity(shard)
+    if isinstance(entry, dict) and isinstance(entry.get("samples"), int):
+        if all(entry.get(k) == v for k, v in identity.items()):
+            return entry["samples"], identity
+    return None, identity
+
+
+def shard_sample_counts(shards: list[str], cache: Optional[Path] = None) -> dict[str, int]:
+    """``{shard: number of samples}`` for every shard, reusing ``cache`` entries that are still valid.
+
+    Without ``cache`` every shard is counted. With it, local shards whose real path, size and
+    mtime match their entry are not opened, remote ones are reused by URL (assumed
+    immutable), and the file is rewritten atomically when anything was counted. Entries of
+    shards not in ``shards`` are kept: one cache can serve several data sets. A progress bar
+    is shown when more than 50 shards need counting.
+    """
+    entries = _read_cache(Path(cache)) if cache is not None else {}
+    counts: dict[str, int] = {}
+    todo: list[tuple[str, dict[str, Any]]] = []
+    for shard in shards:
+        cached, identity = _cached_count(shard, entries.get(shard))
+        if cached is None:
+            todo.append((shard, identity))
+        else:
+            counts[shard] = cached
+    bar = tqdm(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
+    for shard, identity in bar:
+        counts[shard] = count_samples(shard)
+        entries[shard] = {**identity, "samples": counts[shard]}
+    if cache is not None and todo:
+        _write_cache(Path(cache), entries)
+    return {shard: counts[shard] for shard in shards}
