@@ -1,7 +1,8 @@
 """Atomic checkpoints: adapter + resolved config + train state + manifest.
 
-A checkpoint is written into a temporary sibling folder and published with one ``rename``;
-the manifest is the last file written inside it. A folder without a manifest, or any
+A checkpoint is written into a temporary sibling folder (every rank writes its own part:
+its RNG and data position, and under DeepSpeed its optimizer partition) and published by
+rank 0 with one ``rename``; the manifest is the last file written inside it. A folder without a manifest, or any
 ``.tmp-*`` folder, is never resumed from. Train state is stored without pickle: tensors in
 safetensors, everything else in JSON.
 """
@@ -14,17 +15,15 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .layout import CKPT_CONFIG, MANIFEST, TRAIN_STATE, RunLayout
+from .layout import MANIFEST, RunLayout
 
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
 STATE_FILE = "state.json"
 MANIFEST_VERSION = 1
 
@@ -77,58 +76,71 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 
 
 @dataclass
-class TrainState:
-    """Everything beyond the adapter needed to continue bit-exactly."""
+class RankState:
+    """What one rank needs beyond the adapter and optimizer to continue bit-exactly."""
 
-    step: int
-    optimizer: dict[str, Any]
     rng: dict[str, torch.Tensor]           # name -> ByteTensor state
     data: dict[str, Any]                   # stream position
     skips: dict[str, Any]                  # bad-sample counter
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, folder: Path) -> None:
+    @staticmethod
+    def names(rank: int) -> tuple[str, str]:
+        return f"rank-{rank:05d}.json", f"rank-{rank:05d}.rng.safetensors"
+
+    def write(self, folder: Path, rank: int) -> None:
+        meta, rng = self.names(rank)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors, opt_meta = flatten_optimizer(self.optimizer)
-        save_file(tensors, str(folder / OPTIMIZER_FILE))
-        save_file({k: v.contiguous() for k, v in self.rng.items()}, str(folder / RNG_FILE))
-        (folder / STATE_FILE).write_text(json.dumps({
-            "step": self.step, "optimizer": opt_meta, "data": self.data, "skips": self.skips,
-            "extra": self.extra}, indent=2, sort_keys=True))
+        save_file({k: v.contiguous() for k, v in self.rng.items()}, str(folder / rng))
+        (folder / meta).write_text(json.dumps({"data": self.data, "skips": self.skips}, indent=2,
+                                              sort_keys=True))
 
     @classmethod
-    def read(cls, folder: Path) -> "TrainState":
-        for name in (OPTIMIZER_FILE, RNG_FILE, STATE_FILE):
+    def read(cls, folder: Path, rank: int) -> "RankState":
+        meta, rng = cls.names(rank)
+        for name in (meta, rng):
             if not (folder / name).is_file():
-                raise CheckpointError(f"{folder / name} is missing: this checkpoint cannot be resumed")
-        meta = json.loads((folder / STATE_FILE).read_text())
-        return cls(step=meta["step"],
-                   optimizer=unflatten_optimizer(load_file(str(folder / OPTIMIZER_FILE)), meta["optimizer"]),
-                   rng=load_file(str(folder / RNG_FILE)), data=meta["data"], skips=meta["skips"],
-                   extra=meta.get("extra", {}))
+                raise CheckpointError(f"{folder / name} is missing: this checkpoint holds no state for "
+                                      f"rank {rank} (written with fewer workers?)")
+        body = json.loads((folder / meta).read_text())
+        return cls(rng=load_file(str(folder / rng)), data=body["data"], skips=body["skips"])
+
+
+def write_shared_state(folder: Path, step: int, world_size: int, engine: str,
+                       extra: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STATE_FILE).write_text(json.dumps(
+        {"step": step, "world_size": world_size, "engine": engine, "extra": extra},
+        indent=2, sort_keys=True))
+
+
+def read_shared_state(folder: Path) -> dict[str, Any]:
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"{folder / STATE_FILE} is missing: this checkpoint cannot be resumed")
+    return json.loads((folder / STATE_FILE).read_text())
 
 
 # ------------------------------------------------------------------ save / load
 
 
-def save_checkpoint(layout: RunLayout, step: int, *, write_adapter_files, config_yaml: str,
-                    train_state: TrainState, manifest: dict[str, Any],
-                    keep_last: Optional[int]) -> Path:
-    """Write checkpoint ``step`` atomically and prune old ones; returns the final folder.
+def begin_checkpoint(layout: RunLayout, step: int, token: str) -> Path:
+    """Create the temporary folder every rank writes its part of checkpoint ``step`` into."""
+    tmp = layout.temp_checkpoint(step, token)
+    tmp.mkdir(parents=True)
+    return tmp
 
-    ``write_adapter_files(folder) -> list[str]`` writes the adapter files into ``folder``.
+
+def publish_checkpoint(layout: RunLayout, step: int, tmp: Path, manifest: dict[str, Any],
+                       keep_last: Optional[int]) -> Path:
+    """Hash every file in ``tmp``, write the manifest last, rename into place, prune.
+
+    Called once (rank 0) after all ranks finished writing into ``tmp``.
     """
     final = layout.checkpoint(step)
-    tmp = layout.temp_checkpoint(step, uuid.uuid4().hex[:8])
-    tmp.mkdir(parents=True)
     try:
-        files = list(write_adapter_files(tmp))
-        (tmp / CKPT_CONFIG).write_text(config_yaml)
-        train_state.write(tmp / TRAIN_STATE)
-        files += [CKPT_CONFIG] + [f"{TRAIN_STATE}/{p.name}" for p in sorted((tmp / TRAIN_STATE).iterdir())]
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         body = dict(manifest, manifest_version=MANIFEST_VERSION, step=step,
                     created_unix=round(time.time(), 3),
-                    files={f: sha256_file(tmp / f) for f in sorted(files)})
+                    files={f: sha256_file(tmp / f) for f in files})
         (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
         _fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
@@ -139,6 +151,18 @@ def save_checkpoint(layout: RunLayout, step: int, *, write_adapter_files, config
         raise
     prune_checkpoints(layout, keep_last)
     return final
+
+
+def save_checkpoint(layout: RunLayout, step: int, *, write_files, manifest: dict[str, Any],
+                    keep_last: Optional[int]) -> Path:
+    """Single-writer convenience: ``write_files(tmp)`` writes everything, then publish."""
+    tmp = begin_checkpoint(layout, step, uuid.uuid4().hex[:8])
+    try:
+        write_files(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_checkpoint(layout, step, tmp, manifest, keep_last)
 
 
 def _fsync_tree(folder: Path) -> None:

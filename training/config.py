@@ -114,6 +114,45 @@ class LogConfig(_Section):
     progress: bool = Field(True, description="Show a progress bar.")
 
 
+class ParallelConfig(_Section):
+    backend: Literal["none", "ray"] = Field(
+        "none", description="'none': this process (or torchrun/accelerate launch ranks); 'ray': a Ray Train job."
+    )
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray workers (one rank each; one GPU each with use_gpu).")
+    use_gpu: bool = Field(False, description="Give each Ray worker one GPU (NCCL); false: CPU workers (gloo).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs reserved per Ray worker (fractions allowed).")
+    max_failures: int = Field(
+        0, ge=-1, description="Restarts of the worker group after a worker dies (-1: unlimited); each resumes "
+                              "from the latest complete checkpoint."
+    )
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster to join; null uses RAY_ADDRESS, else starts a local Ray on 127.0.0.1."
+    )
+
+
+class DeepSpeedConfig(_Section):
+    config: Optional[str] = Field(
+        None, description="DeepSpeed JSON (e.g. configs/deepspeed/zero2.json); null with zero_stage null: no DeepSpeed."
+    )
+    zero_stage: Optional[Literal[0, 1, 2, 3]] = Field(
+        None, description="ZeRO stage; overrides the JSON's zero_optimization.stage (a stage alone uses defaults)."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.config is not None or self.zero_stage is not None
+
+
+class DebugConfig(_Section):
+    crash_at_step: Optional[int] = Field(
+        None, ge=1, description="Fault injection: SIGKILL one worker once, right after this optimizer step."
+    )
+    crash_rank: int = Field(0, ge=0, description="Rank that crash_at_step kills.")
+    crash_point: Literal["after_step", "during_save"] = Field(
+        "after_step", description="Kill after the step, or halfway through writing that step's checkpoint."
+    )
+
+
 class RunConfig(_Section):
     run_name: str = Field(..., min_length=1, description="Name of the run directory.")
     output_dir: str = Field("runs", description="Parent directory of run directories.")
@@ -125,11 +164,22 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @model_validator(mode="after")
     def _names_are_safe(self) -> "RunConfig":
         if "/" in self.run_name or self.run_name in {".", ".."}:
             raise ValueError(f"run_name must be a plain directory name, got {self.run_name!r}")
+        par = self.parallel
+        if par.backend == "none" and par.num_workers > 1:
+            raise ValueError(
+                f"parallel.num_workers={par.num_workers} needs parallel.backend=ray (or keep 1 and start "
+                f"the ranks yourself: torchrun --nproc-per-node {par.num_workers} -m training CONFIG)")
+        if self.debug.crash_at_step is not None and self.debug.crash_rank >= par.num_workers \
+                and par.backend == "ray":
+            raise ValueError(f"debug.crash_rank={self.debug.crash_rank} but only {par.num_workers} worker(s)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

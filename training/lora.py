@@ -75,6 +75,17 @@ def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
 
+def lora_named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(adapter key, parameter) pairs; keys as in :func:`adapter_state_dict` (no adapter name).
+
+    Names come from the bare model, never from a DDP/DeepSpeed wrapper, so no ``module.``
+    prefix can leak into saved keys.
+    """
+    tag = f".{ADAPTER_NAME}."
+    return [(n.replace(tag, "."), p) for n, p in model.named_parameters()
+            if "lora_" in n and p.requires_grad]
+
+
 def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Adapter tensors keyed by module path (``blocks.0.attn1.to_q.lora_A.weight``), fp32, CPU."""
     sd = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)

@@ -14,7 +14,10 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,14 +30,15 @@ from safetensors.torch import load_file
 from . import __version__
 from .callbacks import Callback, JsonlLogger, NonFiniteGuard, ProgressBar, TensorBoardLogger
 from .adapters import inspect_adapter
-from .checkpoint import (CheckpointError, TrainState, config_hash, read_manifest, resolve_resume,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, RankState, begin_checkpoint, config_hash, publish_checkpoint,
+                         read_manifest, read_shared_state, resolve_resume, write_shared_state)
 from .config import ConfigError, RunConfig, dump_config
 from .data.pipeline import ShardStream, SkipCounter, batches
 from .data.prefetch import Prefetched, Prefetcher
-from .data.shards import list_shards
+from .data.shards import list_shards, shard_assignment
+from .engine import Engine, make_engine, world_from_env
 from .layout import CKPT_CONFIG, TRAIN_STATE, RunLayout
-from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, adapter_state_dict, inject_lora, lora_parameters,
+from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, inject_lora, lora_named_parameters, lora_parameters,
                    peft_config, write_adapter)
 from .models import ModelSpec, get_spec
 from .objectives import noisy_and_target, sample_sigmas, shift_sigmas
@@ -50,6 +54,7 @@ _RESUME_INVARIANTS = ["seed", "model.family", "model.path", "model.mixed_precisi
                       "train.timestep_sampling", "train.logit_mean", "train.logit_std", "optim.lr",
                       "optim.betas", "optim.eps", "optim.weight_decay", "optim.warmup_steps",
                       "optim.schedule", "optim.min_lr_ratio"]
+RESULT_FILE = "result.json"
 
 
 @dataclass
@@ -73,18 +78,32 @@ def _lookup(d: dict[str, Any], dotted: str) -> Any:
 
 
 class Trainer:
+    """The one training loop: a single process, a torchrun/accelerate rank, or a Ray worker.
+
+    Everything distributed goes through ``self.engine`` (see training.engine); the rank and
+    world size come from the launcher's environment.
+    """
+
     def __init__(self, cfg: RunConfig, callbacks: Optional[list[Callback]] = None) -> None:
         self.cfg = cfg
         self.layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
         self.spec: ModelSpec = get_spec(cfg.model.family)
+        self.rank, _, self.world_size = world_from_env()
         self.device = resolve_device(cfg.train.device)
         self.precision = Precision.resolve(cfg.model.mixed_precision, self.device)
         self.attention = resolve_attention(cfg.model.attention, self.device)
         self.step = 0
+        self.engine: Optional[Engine] = None
         self.callbacks = callbacks if callbacks is not None else self._default_callbacks()
         self._validate()
 
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
     def _default_callbacks(self) -> list[Callback]:
+        if not self.is_main:  # logs, events and the progress bar come from rank 0 only
+            return [NonFiniteGuard()]
         cbs: list[Callback] = [NonFiniteGuard(), JsonlLogger(self.cfg.log.every_steps)]
         if self.cfg.log.tensorboard:
             cbs.append(TensorBoardLogger(self.cfg.log.every_steps))
@@ -102,6 +121,10 @@ class Trainer:
             raise ConfigError("invalid config for model.family=%s:\n  %s" % (cfg.model.family,
                                                                                "\n  ".join(problems)))
         self.shards = list_shards(cfg.data.shards)
+        try:  # fewer shards than ranks: say so before any model loads
+            shard_assignment(self.shards, cfg.seed, 0, self.rank, self.world_size)
+        except ValueError as e:
+            raise ConfigError(f"data.shards: {e}") from None
         self.resume_from = resolve_resume(self.layout, cfg.train.resume)
         if self.resume_from is None and self.layout.complete_checkpoints():
             raise ConfigError(
@@ -123,9 +146,13 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
+        # Per-rank streams of randomness (LoRA dropout, noise); rank 0 keeps the 1-process seeds.
+        torch.manual_seed(cfg.seed + self.rank)
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
+        self.engine = make_engine(cfg, self.device, self.precision)
+        self.device, self.precision = self.engine.device, self.engine.precision
+        log.info("engine: %s", self.engine.description)
         self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.precision.dtype)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -143,14 +170,14 @@ class Trainer:
         apply_attention(self.model, self.attention)
         self.params = lora_parameters(self.model)
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
-        # fp16 needs loss scaling (small gradients underflow); a disabled scaler is a passthrough.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.name == "fp16")
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                      weight_decay=o.weight_decay)
+        self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * self.rank)
         self.counter = SkipCounter()
         self.stream = ShardStream(self.shards, modality=self.spec.modality, frames=cfg.data.frames,
                                   height=cfg.data.height, width=cfg.data.width, seed=cfg.seed,
+                                  rank=self.rank, world_size=self.world_size,
                                   shuffle_buffer=cfg.data.shuffle_buffer, counter=self.counter)
         self.shift = self.spec.flow_shift(self.pipe)
         self.num_timesteps = self.spec.num_train_timesteps(self.pipe)
@@ -159,37 +186,47 @@ class Trainer:
         self.transformer_config_sha256 = config_hash(tr_config)
         self.transformer_config = {k: v for k, v in json.loads(tr_config.read_text()).items()
                                    if not k.startswith("_")}
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
+
+    def _named_lora(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return lora_named_parameters(self.model)
 
     def _restore(self, ckpt: Path) -> None:
         read_manifest(ckpt, verify=True)
-        weights = load_file(str(ckpt / PEFT_WEIGHTS))
-        state = {k[len(PEFT_PREFIX):]: v for k, v in weights.items()}
-        result = set_peft_model_state_dict(self.model, state, adapter_name="default")
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if missing or result.unexpected_keys or len(state) != len(self.params):
+        folder = ckpt / TRAIN_STATE
+        shared = read_shared_state(folder)
+        if (shared.get("world_size"), shared.get("engine")) != (self.world_size, self.engine.kind):
             raise CheckpointError(
-                f"{ckpt / PEFT_WEIGHTS} does not match the model's LoRA layout: {len(state)} tensors "
-                f"for {len(self.params)} LoRA parameters; missing {missing[:5]}, unexpected "
-                f"{list(result.unexpected_keys)[:5]}")
-        ts = TrainState.read(ckpt / TRAIN_STATE)
+                f"cannot resume from {ckpt}: it was written by {shared.get('world_size')} rank(s) with the "
+                f"{shared.get('engine')} engine, this run has {self.world_size} with {self.engine.kind}. Exact "
+                f"resume needs the same parallel.num_workers and deepspeed settings.")
         # data.shards may name a directory whose contents changed: the position would then
         # point into different data. Compare the resolved list, not the config string.
-        if ts.extra.get("shards_sha256") not in (None, self._shards_digest()):
+        extra = shared.get("extra", {})
+        if extra.get("shards_sha256") not in (None, self._shards_digest()):
             raise CheckpointError(
-                f"cannot resume from {ckpt}: the resolved shard list changed ({ts.extra.get('num_shards')} "
+                f"cannot resume from {ckpt}: the resolved shard list changed ({extra.get('num_shards')} "
                 f"shards then, {len(self.shards)} now); restore the original shards or start a new run")
-        self.optimizer.load_state_dict(ts.optimizer)
-        if ts.extra.get("grad_scaler"):
-            self.scaler.load_state_dict(ts.extra["grad_scaler"])
-        torch.set_rng_state(ts.rng["torch_cpu"])
-        self.generator.set_state(ts.rng["noise"])
-        if self.device.type == "cuda" and "cuda" in ts.rng:
-            torch.cuda.set_rng_state(ts.rng["cuda"], self.device)
-        self.stream.load_state_dict(ts.data)
-        self.counter.load_state_dict(ts.skips)
-        self.step = ts.step
+        saved = {k[len(PEFT_PREFIX):]: v for k, v in load_file(str(ckpt / PEFT_WEIGHTS)).items()}
+        if self.engine.kind == "local":
+            result = set_peft_model_state_dict(self.model, saved, adapter_name="default")
+            if [k for k in result.missing_keys if "lora_" in k] or result.unexpected_keys:
+                raise CheckpointError(f"{ckpt / PEFT_WEIGHTS} does not match the model's LoRA layout")
+        self.engine.load_optimizer(folder)  # DeepSpeed restores its module and fp32 masters here
+        # Never trust a load that reports success: the live adapter must equal the file
+        # (a resume that silently kept the fresh LoRA is a known failure of the field).
+        live = self.engine.adapter_state(self._named_lora)
+        differ = sorted(set(live) ^ set(saved)) or [k for k in saved if not torch.equal(live[k], saved[k])]
+        if differ:
+            raise CheckpointError(f"resuming from {ckpt} did not restore the adapter: {len(differ)} "
+                                  f"tensor(s) differ from {ckpt / PEFT_WEIGHTS}, e.g. {differ[:3]}")
+        rs = RankState.read(folder, self.rank)
+        torch.set_rng_state(rs.rng["torch_cpu"])
+        self.generator.set_state(rs.rng["noise"])
+        if self.device.type == "cuda" and "cuda" in rs.rng:
+            torch.cuda.set_rng_state(rs.rng["cuda"], self.device)
+        self.stream.load_state_dict(rs.data)
+        self.counter.load_state_dict(rs.skips)
+        self.step = shared["step"]
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     # ------------------------------------------------------------------ one optimizer step
@@ -207,7 +244,7 @@ class Trainer:
                                             t.logit_std), self.shift).to(self.device)
         noisy, target = noisy_and_target(latents, noise, sigmas)
         with self.precision.autocast():
-            pred = self.spec.predict(self.pipe, self.model, noisy.to(self.precision.dtype),
+            pred = self.spec.predict(self.pipe, self.forward_model, noisy.to(self.precision.dtype),
                                      sigmas * self.num_timesteps, cond)
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
@@ -231,42 +268,33 @@ class Trainer:
         lr = lr_at(self.step, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
                    max_steps=cfg.train.max_steps, schedule=cfg.optim.schedule,
                    min_lr_ratio=cfg.optim.min_lr_ratio)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.engine.set_lr(lr)
         start = time.perf_counter()
         total = 0.0
-        for _ in range(cfg.train.grad_accum):
+        for i in range(cfg.train.grad_accum):
             item = next(batch_iter)
             self._consumed = (item.data_state, item.skip_state)
             loss = self._micro_step(item.batch)
-            self.scaler.scale(loss / cfg.train.grad_accum).backward()
+            self.engine.backward(loss, last_micro_batch=i == cfg.train.grad_accum - 1)
             total += loss.item()
-        self.scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.params, cfg.optim.max_grad_norm or float("inf")).item()
-        self.scaler.step(self.optimizer)  # skips the step on inf/nan gradients under fp16
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self.engine.step()
         skips = self._consumed_skips()
         skips.check(cfg.data.max_bad_fraction)
         self.step += 1
+        loss = self.engine.mean(total / cfg.train.grad_accum)  # also keeps ranks in lock-step
         seconds = time.perf_counter() - start
-        samples = cfg.train.batch_size * cfg.train.grad_accum
-        return {"step": self.step, "loss": total / cfg.train.grad_accum, "lr": lr,
-                "grad_norm": grad_norm, "step_seconds": seconds, "samples_per_s": samples / seconds,
-                "peak_memory_bytes": peak_memory_bytes(self.device),
-                "skipped_samples": skips.skipped}
+        samples = cfg.train.batch_size * cfg.train.grad_accum * self.world_size
+        metrics = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                   "step_seconds": seconds, "samples_per_s": samples / seconds,
+                   "skipped_samples": skips.skipped}
+        if self.step % cfg.log.every_steps == 0 or self.step == cfg.train.max_steps:
+            peaks = self.engine.gather_object(peak_memory_bytes(self.device))
+            metrics["peak_memory_bytes"] = max(peaks)
+            if self.world_size > 1:
+                metrics.update({f"peak_memory_bytes_rank{r}": b for r, b in enumerate(peaks)})
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
-
-    def _train_state(self) -> TrainState:
-        rng = {"torch_cpu": torch.get_rng_state(), "noise": self.generator.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return TrainState(step=self.step, optimizer=self.optimizer.state_dict(), rng=rng,
-                          data=self._consumed[0], skips=self._consumed[1],
-                          extra={"shards_sha256": self._shards_digest(), "num_shards": len(self.shards),
-                                 "grad_scaler": self.scaler.state_dict()})
 
     def _shards_digest(self) -> str:
         return hashlib.sha256("\n".join(self.shards).encode()).hexdigest()
@@ -292,15 +320,54 @@ class Trainer:
                           "peft": peft.__version__},
         }
 
+    def _rank_state(self) -> RankState:
+        rng = {"torch_cpu": torch.get_rng_state(), "noise": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return RankState(rng=rng, data=self._consumed[0], skips=self._consumed[1])
+
     def save(self) -> Path:
-        state = adapter_state_dict(self.model)
-        if not state:
-            raise CheckpointError("the adapter state dict is empty: no LoRA parameters to save")
-        path = save_checkpoint(
-            self.layout, self.step,
-            write_adapter_files=lambda d: write_adapter(d, state, self.lora_cfg, self.cfg.model.path),
-            config_yaml=dump_config(self.cfg), train_state=self._train_state(),
-            manifest=self._manifest(), keep_last=self.cfg.checkpoint.keep_last)
+        """Write checkpoint ``self.step``: a collective, every rank calls it.
+
+        Every rank writes its own RNG/data state (and, under DeepSpeed, its optimizer
+        partition) into one temporary folder; rank 0 then writes the adapter, hashes
+        everything into the manifest and publishes the folder with one rename.
+        """
+        engine = self.engine
+        token = engine.broadcast_object(uuid.uuid4().hex[:8])
+        if self.is_main:
+            (begin_checkpoint(self.layout, self.step, token) / TRAIN_STATE).mkdir()
+        engine.barrier()
+        tmp = self.layout.temp_checkpoint(self.step, token)
+        engine.save_optimizer(tmp / TRAIN_STATE)
+        self._rank_state().write(tmp / TRAIN_STATE, self.rank)
+        state = engine.adapter_state(self._named_lora)  # gathered fp32 masters (ZeRO-3: collective)
+        self._maybe_crash("during_save")
+        engine.barrier()
+        error: Optional[BaseException] = None
+        path = self.layout.checkpoint(self.step)
+        if self.is_main:
+            try:
+                path = self._publish(tmp, state)
+            except BaseException as e:  # the other ranks must hear about it, not hang
+                error = e
+        message = engine.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if message is not None:
+            raise CheckpointError(f"rank 0 failed to save checkpoint {path}: {message}")
+        return path
+
+    def _publish(self, tmp: Path, state: dict[str, torch.Tensor]) -> Path:
+        if not state or any(t.numel() == 0 for t in state.values()):
+            raise CheckpointError("the adapter state is empty (ZeRO-3 partitions not gathered?): "
+                                  "refusing to write a checkpoint without the trained weights")
+        write_adapter(tmp, state, self.lora_cfg, self.cfg.model.path)
+        (tmp / CKPT_CONFIG).write_text(dump_config(self.cfg))
+        write_shared_state(tmp / TRAIN_STATE, self.step, self.world_size, self.engine.kind,
+                           {"shards_sha256": self._shards_digest(), "num_shards": len(self.shards)})
+        path = publish_checkpoint(self.layout, self.step, tmp, self._manifest(),
+                                  keep_last=self.cfg.checkpoint.keep_last)
         # A bad save must be caught now, not at eval time: re-read and compare every tensor.
         saved = load_file(str(path / PEFT_WEIGHTS))
         if set(saved) != {PEFT_PREFIX + k for k in state} or any(
@@ -315,13 +382,30 @@ class Trainer:
                                   f"{report.to_table()}")
         return path
 
+    def _maybe_crash(self, point: str) -> None:
+        """Fault injection (debug.crash_at_step): SIGKILL this process once, as a node loss would."""
+        d = self.cfg.debug
+        if d.crash_at_step != self.step or d.crash_point != point or d.crash_rank != self.rank:
+            return
+        marker = self.layout.root / f".crash-injected-step-{self.step}"
+        if marker.exists():  # already crashed here once: the restarted run goes on
+            return
+        marker.write_text(f"rank {self.rank} killed at step {self.step} ({point})\n")
+        log.warning("debug.crash_at_step=%d: killing rank %d (pid %d) %s", self.step, self.rank,
+                    os.getpid(), point.replace("_", " "))
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> TrainResult:
         start = time.perf_counter()
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        self.layout.config.write_text(dump_config(self.cfg))
         self._setup()
+        if self.is_main:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            self.layout.config.write_text(dump_config(self.cfg))
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
         result = TrainResult(run_dir=self.layout.root, steps=self.step)
         for cb in self.callbacks:
             cb.on_start(self)
@@ -334,6 +418,7 @@ class Trainer:
                 result.losses[self.step] = metrics["loss"]
                 for cb in self.callbacks:
                     cb.on_step(self, metrics)
+                self._maybe_crash("after_step")
                 if self.step % ck.every_steps == 0 or (ck.save_final and self.step == self.cfg.train.max_steps):
                     result.checkpoints.append(self.save())
             self._consumed_skips().check(self.cfg.data.max_bad_fraction, final=True)
@@ -346,4 +431,18 @@ class Trainer:
         result.skipped = self._consumed_skips().summary()
         result.seconds = time.perf_counter() - start
         log.info("%s", result.skipped)
+        if self.is_main:
+            self._write_result(result)
+        self.engine.barrier()
         return result
+
+    def _write_result(self, result: TrainResult) -> None:
+        """result.json in the run folder: what a driver (Ray, SLURM) reports when the job ends."""
+        final = result.final_checkpoint or self.layout.latest_checkpoint()
+        body = {"steps": result.steps, "seconds": round(result.seconds, 3), "skipped": result.skipped,
+                "world_size": self.world_size, "engine": self.engine.description,
+                "final_checkpoint": str(final) if final else None,
+                "losses": {str(k): v for k, v in result.losses.items()}}
+        tmp = self.layout.root / f".{RESULT_FILE}.tmp"
+        tmp.write_text(json.dumps(body, indent=2))
+        os.replace(tmp, self.layout.root / RESULT_FILE)

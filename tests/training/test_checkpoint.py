@@ -1,7 +1,11 @@
+import json
+
+import pytest
 import torch
 
-from training.checkpoint import (TrainState, flatten_optimizer, prune_checkpoints, save_checkpoint,
-                                 unflatten_optimizer)
+from training.checkpoint import (RankState, flatten_optimizer, prune_checkpoints, read_shared_state,
+                                 save_checkpoint, unflatten_optimizer, write_shared_state)
+from training.checkpoint import CheckpointError
 from training.layout import RunLayout
 
 
@@ -30,15 +34,13 @@ def test_optimizer_state_round_trips_without_pickle():
 
 
 def _save(layout, step, keep):
-    _, opt = _optimizer()
-    state = TrainState(step=step, optimizer=opt.state_dict(), rng={"torch_cpu": torch.get_rng_state()},
-                       data={"epoch": 0, "position": step}, skips={})
-
     def files(d):
         (d / "adapter_model.safetensors").write_bytes(b"x" * step)
-        return ["adapter_model.safetensors"]
-    return save_checkpoint(layout, step, write_adapter_files=files, config_yaml="a: 1\n",
-                           train_state=state, manifest={"k": "v"}, keep_last=keep)
+        write_shared_state(d / "train_state", step, 2, "local", {"k": 1})
+        for rank in (0, 1):
+            RankState(rng={"torch_cpu": torch.get_rng_state()}, data={"epoch": 0, "position": step + rank},
+                      skips={}).write(d / "train_state", rank)
+    return save_checkpoint(layout, step, write_files=files, manifest={"k": "v"}, keep_last=keep)
 
 
 def test_keep_last_and_no_temp_dirs_left(tmp_path):
@@ -47,8 +49,16 @@ def test_keep_last_and_no_temp_dirs_left(tmp_path):
         _save(layout, step, keep=2)
     assert [s for s, _ in layout.complete_checkpoints()] == [3, 4]
     assert sorted(p.name for p in layout.checkpoints.iterdir()) == ["step-0000003", "step-0000004"]
-    ts = TrainState.read(layout.checkpoint(4) / "train_state")
-    assert ts.step == 4 and ts.data == {"epoch": 0, "position": 4}
+    folder = layout.checkpoint(4) / "train_state"
+    assert read_shared_state(folder) == {"step": 4, "world_size": 2, "engine": "local", "extra": {"k": 1}}
+    assert RankState.read(folder, 1).data == {"epoch": 0, "position": 5}
+    manifest = json.loads((layout.checkpoint(4) / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["adapter_model.safetensors", "train_state/rank-00000.json",
+                                         "train_state/rank-00000.rng.safetensors",
+                                         "train_state/rank-00001.json",
+                                         "train_state/rank-00001.rng.safetensors", "train_state/state.json"]
+    with pytest.raises(CheckpointError, match="no state for rank 2"):
+        RankState.read(folder, 2)
     assert prune_checkpoints(layout, None) == []
 
 
@@ -59,12 +69,7 @@ def test_failed_save_leaves_nothing_resumable(tmp_path):
     def broken(d):
         (d / "adapter_model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
-    _, opt = _optimizer()
-    state = TrainState(step=2, optimizer=opt.state_dict(), rng={}, data={}, skips={})
-    try:
-        save_checkpoint(layout, 2, write_adapter_files=broken, config_yaml="", train_state=state,
-                        manifest={}, keep_last=None)
-    except OSError:
-        pass
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(layout, 2, write_files=broken, manifest={}, keep_last=None)
     assert layout.latest_checkpoint() == layout.checkpoint(1)
     assert not list(layout.checkpoints.glob(".tmp-*"))
