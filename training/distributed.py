@@ -16,6 +16,7 @@ Known failures this module exists to avoid (see the field notes):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -136,6 +137,24 @@ class AccelerateEngine(Engine):
         return f"DeepSpeed ZeRO-{self.stage} via accelerate, {self.world_size} rank(s), {dist.get_backend()}"
 
     # ---------------------------------------------------------------- model and optimizer
+
+    @contextlib.contextmanager
+    def model_loading(self):
+        """Load the pipeline unpartitioned, even under ZeRO-3.
+
+        While accelerate's ZeRO-3 config is registered with transformers, every
+        ``from_pretrained`` partitions its weights at load time (``zero.Init``). Only the
+        trained transformer goes through DeepSpeed; the frozen text encoder and VAE would
+        be left as empty shards ("'weight' must be 2-D"). The transformer is partitioned
+        later, by ``prepare``.
+        """
+        from transformers.integrations import unset_hf_deepspeed_config
+        plugin = self.acc.state.deepspeed_plugin
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            plugin.set_deepspeed_weakref()
 
     def prepare(self, model, params, optimizer):
         self.params = params

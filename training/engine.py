@@ -10,10 +10,11 @@ used when there is more than one rank or DeepSpeed is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -56,6 +57,10 @@ class Engine:
         return f"{self.kind} ({self.world_size} rank{'s' if self.world_size > 1 else ''})"
 
     # ---------------------------------------------------------------- model and optimizer
+
+    def model_loading(self) -> ContextManager[Any]:
+        """Context for loading the pipeline (the distributed engine turns off ZeRO-3 init there)."""
+        return contextlib.nullcontext()
 
     def prepare(self, model: torch.nn.Module, params: list[torch.nn.Parameter],
                 optimizer: torch.optim.Optimizer) -> torch.nn.Module:

@@ -34,6 +34,7 @@ from .checkpoint import (CheckpointError, RankState, begin_checkpoint, config_ha
                          read_manifest, read_shared_state, resolve_resume, write_shared_state)
 from .config import ConfigError, RunConfig, dump_config
 from .data.pipeline import ShardStream, SkipCounter, batches
+from .data.index import shard_sample_counts
 from .data.prefetch import Prefetched, Prefetcher
 from .data.shards import list_shards, shard_assignment
 from .engine import Engine, make_engine, world_from_env
@@ -55,6 +56,7 @@ _RESUME_INVARIANTS = ["seed", "model.family", "model.path", "model.mixed_precisi
                       "optim.betas", "optim.eps", "optim.weight_decay", "optim.warmup_steps",
                       "optim.schedule", "optim.min_lr_ratio"]
 RESULT_FILE = "result.json"
+SHARD_INDEX = "shard_index.json"
 
 
 @dataclass
@@ -153,7 +155,8 @@ class Trainer:
         self.engine = make_engine(cfg, self.device, self.precision)
         self.device, self.precision = self.engine.device, self.engine.precision
         log.info("engine: %s", self.engine.description)
-        self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.precision.dtype)
+        with self.engine.model_loading():
+            self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.precision.dtype)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         for name, module in self.pipe.components.items():
@@ -175,10 +178,15 @@ class Trainer:
         self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * self.rank)
         self.counter = SkipCounter()
+        # Balanced epochs: every rank yields the same number of samples per epoch whatever the
+        # shard sizes (see data.pipeline), from per-shard counts cached in the run folder.
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        counts = shard_sample_counts(self.shards, cache=self.layout.root / SHARD_INDEX)
         self.stream = ShardStream(self.shards, modality=self.spec.modality, frames=cfg.data.frames,
                                   height=cfg.data.height, width=cfg.data.width, seed=cfg.seed,
                                   rank=self.rank, world_size=self.world_size,
-                                  shuffle_buffer=cfg.data.shuffle_buffer, counter=self.counter)
+                                  shuffle_buffer=cfg.data.shuffle_buffer, counter=self.counter,
+                                  sample_counts=counts, batch_size=cfg.train.batch_size)
         self.shift = self.spec.flow_shift(self.pipe)
         self.num_timesteps = self.spec.num_train_timesteps(self.pipe)
         self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length

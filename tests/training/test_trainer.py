@@ -46,7 +46,7 @@ def test_wan_run_directory_tree_is_exact(tiny_wan, video_shards, tmp_path):
     result = Trainer(cfg).run()
     root = tmp_path / "runs" / "tiny-wan"
     assert result.run_dir == root and result.steps == 4
-    assert tree(root) == {"config.yaml", "result.json", "logs/metrics.jsonl",
+    assert tree(root) == {"config.yaml", "result.json", "shard_index.json", "logs/metrics.jsonl",
                           "logs/events.out.tfevents.*"} | ckpt_files(4)
     assert [json.loads(line)["step"] for line in (root / "logs/metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     manifest = read_manifest(root / "checkpoints/step-0000004")  # verifies every sha256
@@ -76,7 +76,7 @@ def test_sd3_trains_and_loss_decreases(tiny_sd3, image_shards, tmp_path):
                       "checkpoint.every_steps=50", "log.tensorboard=false")
     result = Trainer(cfg).run()
     root = tmp_path / "runs" / "tiny-sd3"
-    assert tree(root) == {"config.yaml", "result.json", "logs/metrics.jsonl"} | ckpt_files(50) | ckpt_files(100)
+    assert tree(root) == {"config.yaml", "result.json", "shard_index.json", "logs/metrics.jsonl"} | ckpt_files(50) | ckpt_files(100)
     first, last = _loss_drops(result.losses, k=20)
     assert last < first * 0.95, (first, last)
     keys = load_file(str(root / "checkpoints/step-0000100/pytorch_lora_weights.safetensors"))
@@ -260,6 +260,6 @@ def test_grad_accumulation_consumes_accum_batches_per_step(tiny_wan, video_shard
     result = Trainer(cfg).run()
     assert "skipped 0 of 12 samples" in result.skipped
     state = json.loads((result.final_checkpoint / "train_state/rank-00000.json").read_text())
-    assert state["data"] == {"epoch": 0, "position": 12}
+    assert state["data"] == {"epoch": 0, "position": 12, "yielded": 12}
     rec = json.loads((result.run_dir / "logs/metrics.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 3 and rec["samples_per_s"] > 0
