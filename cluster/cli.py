@@ -16,7 +16,7 @@ from typing import Callable, Optional
 EXIT_USER_ERROR = 2
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def _user_errors() -> tuple[type[BaseException], ...]:  # ResourceError is a ConfigError
     from training.adapters import AdapterError
     from training.checkpoint import CheckpointError
     from training.config import ConfigError
@@ -37,7 +37,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise SystemExit("lorabench train: a config path is required (e.g. configs/train/tiny-wan.yaml)")
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides += ["parallel.backend=ray", f"parallel.num_workers={args.workers}"]
+    cfg = load_config(args.config, overrides)
+    if cfg.parallel.backend == "ray":
+        from cluster.train import print_summary, run
+        print_summary(run(cfg))
+        return 0
     result = Trainer(cfg).run()
     first, last = (result.losses[min(result.losses)], result.losses[max(result.losses)]) if result.losses else (float("nan"),) * 2
     print(f"run dir: {result.run_dir}\nsteps: {result.steps}  loss {first:.4f} -> {last:.4f}  "
@@ -94,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config (configs/train/*.yaml)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     t.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
+    t.add_argument("--workers", type=int, default=None,
+                   help="train on Ray with N workers (same as parallel.backend=ray parallel.num_workers=N)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="fixed-seed samples from a model (and optional adapter)")

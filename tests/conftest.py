@@ -60,3 +60,26 @@ def tiny_config(family: str, model: Path, shards, tmp_path: Path, *overrides: st
     return load_config(CONFIGS / "train" / f"tiny-{family}.yaml",
                        [f"model.path={model}", f"data.shards={shards}", f"output_dir={tmp_path / 'runs'}",
                         "log.progress=false", *overrides])
+
+
+def run_ranks(nproc: int, config: Path, *overrides: str, timeout: int = 300):
+    """Run ``python -m training`` as ``nproc`` torchrun ranks (a real process group, gloo)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--master-port", str(_free_port()), "-m", "training", str(config), "log.progress=false",
+           *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_adapter_tensors(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(checkpoint / "adapter_model.safetensors"))
