@@ -174,15 +174,19 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def prune_checkpoints(layout: RunLayout, keep_last: Optional[int]) -> list[Path]:
+    """Remove all but the newest ``keep_last`` checkpoints (None keeps all) and stale temp dirs.
+
+    Called right after a publish, when no other save of this run is in flight.
+    """
+    # Leftover temp dirs come from a crash during a save; they are never valid.
+    for p in layout.checkpoints.glob(".tmp-step-*"):
+        shutil.rmtree(p, ignore_errors=True)
     if keep_last is None:
         return []
     done = layout.complete_checkpoints()
     removed = [p for _, p in done[:-keep_last]] if len(done) > keep_last else []
     for p in removed:
         shutil.rmtree(p)
-    # Leftover temp dirs come from a crash during a save; they are never valid.
-    for p in layout.checkpoints.glob(".tmp-step-*"):
-        shutil.rmtree(p, ignore_errors=True)
     return removed
 
 

@@ -1,0 +1,141 @@
+"""Ray Train driver on a real local Ray: workers, crash recovery, resource errors, ray job submit."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ..conftest import CONFIGS, REPO, _free_port, load_adapter_tensors, run_ranks
+
+TINY = CONFIGS / "train" / "tiny-wan.yaml"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs, loopback only) shared by this module's tests."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, runtime_env={"env_vars": {
+                 "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def _cfg(tiny_wan, shards, tmp_path, *overrides):
+    from training.config import load_config
+    return load_config(TINY, [f"model.path={tiny_wan}", f"data.shards={shards}", f"output_dir={tmp_path}",
+                              "log.progress=false", "parallel.backend=ray", *overrides])
+
+
+ZERO2_RUN = ["deepspeed.config=" + str(CONFIGS / "deepspeed" / "zero2.json"), "train.max_steps=6",
+             "checkpoint.every_steps=3", "checkpoint.keep_last=null"]
+
+
+@pytest.fixture(scope="module")
+def reference_adapter(tiny_wan, video_shards, tmp_path_factory):
+    """6 uninterrupted steps of 2 ZeRO-2 ranks under torchrun (no Ray): what Ray must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    proc = run_ranks(2, TINY, f"model.path={tiny_wan}", f"data.shards={video_shards}", f"output_dir={out}",
+                     "run_name=ref", *ZERO2_RUN)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return load_adapter_tensors(out / "ref/checkpoints/step-0000006")
+
+
+def _max_diff(a, b):
+    assert set(a) == set(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("point", ["after_step", "during_save"])
+def test_killed_worker_is_restarted_and_finishes_like_an_uninterrupted_run(
+        local_ray, reference_adapter, tiny_wan, video_shards, tmp_path, point):
+    from cluster.train import run
+    crash_step = 4 if point == "after_step" else 6  # during_save: the final save is cut short
+    cfg = _cfg(tiny_wan, video_shards, tmp_path, "run_name=crash", "parallel.num_workers=2",
+               "parallel.cpus_per_worker=1", "parallel.max_failures=1", f"debug.crash_at_step={crash_step}",
+               "debug.crash_rank=1", f"debug.crash_point={point}", *ZERO2_RUN)
+    body = run(cfg)
+    run_dir = tmp_path / "crash"
+    assert (run_dir / f".crash-injected-step-{crash_step}").is_file()  # the kill really happened
+    assert body["steps"] == 6 and body["world_size"] == 2
+    # The restarted group resumed from step 3 (the last complete checkpoint), not from scratch.
+    assert sorted(body["losses"], key=int) == ["4", "5", "6"]
+    assert _max_diff(load_adapter_tensors(run_dir / "checkpoints/step-0000006"), reference_adapter) <= 1e-6
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the half-written save was discarded
+    steps = [json.loads(line)["step"] for line in (run_dir / "logs/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_one_worker_without_deepspeed_trains(local_ray, tiny_wan, video_shards, tmp_path):
+    from cluster.train import run
+    body = run(_cfg(tiny_wan, video_shards, tmp_path, "run_name=one", "train.max_steps=3",
+                    "checkpoint.every_steps=3", "parallel.cpus_per_worker=0.5"))
+    assert body["steps"] == 3 and body["world_size"] == 1 and body["engine"].startswith("local")
+    assert Path(body["final_checkpoint"]).name == "step-0000003"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.num_workers=3", "parallel.cpus_per_worker=1"], "room for 2"),
+    (["parallel.num_workers=1", "parallel.use_gpu=true"], "set parallel.use_gpu=false"),
+])
+def test_impossible_request_fails_at_once(local_ray, tiny_wan, video_shards, tmp_path, overrides, message):
+    from cluster.train import ResourceError, run
+    start = time.perf_counter()
+    with pytest.raises(ResourceError, match=message):
+        run(_cfg(tiny_wan, video_shards, tmp_path, *overrides))
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "tiny-wan").exists()  # nothing was started
+
+
+def test_ray_job_submit_runs_cluster_train(tiny_wan, video_shards, tmp_path):
+    """A separate Ray head started here, a real `ray job submit`, the head stopped by its own PID.
+
+    The head runs as `ray start --block` in a child process and on its own ports (agent and
+    metrics ports included), so it neither collides with nor stops the module's other Ray.
+    """
+    bin_dir = Path(sys.executable).parent
+    port, dash, agent, agent_grpc, metrics, rt_env = (_free_port() for _ in range(6))
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"ray-lb-{port}"  # short: Ray's socket paths must stay under 107 bytes
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+         "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
+         "--disable-usage-stats", "--temp-dir", str(temp)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The submitting CLI authenticates with the token the head wrote to ~/.ray/auth_token.
+    submit_env = dict(env, RAY_AUTH_MODE="token")
+    try:
+        submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                  "--working-dir", str(REPO), "--", sys.executable, "-m", "cluster.train", str(TINY),
+                  f"model.path={tiny_wan}", f"data.shards={video_shards}", f"output_dir={tmp_path}",
+                  "run_name=submitted", "train.max_steps=2", "checkpoint.every_steps=2",
+                  "log.progress=false", "parallel.cpus_per_worker=1"]
+        for _ in range(40):  # the head and its job agent come up some seconds after start
+            job = subprocess.run(submit, env=submit_env, capture_output=True, text=True, timeout=400)
+            text = job.stdout + job.stderr
+            if job.returncode == 0 or not any(m in text for m in ("No available agent", "Failed to connect",
+                                                                    "Connection refused")):
+                break
+            time.sleep(3)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert f"Ray cluster 127.0.0.1:{port}" in job.stdout  # joined the cluster it was submitted to
+        assert "final checkpoint:" in job.stdout and "step-0000002" in job.stdout
+        assert (tmp_path / "submitted/checkpoints/step-0000002/manifest.json").is_file()
+    finally:
+        head.terminate()  # `ray start --block` tears down the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
