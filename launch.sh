@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# lorabench entry point: setup | demo | train | generate | test | bench
+# lorabench entry point: setup | demo | train | submit | generate | test | bench
 #   ./launch.sh setup              create .venv and install lorabench (CPU torch unless a GPU is present)
 #   ./launch.sh demo [DIR]         tiny end-to-end run (default DIR: lorabench-demo/)
 #   ./launch.sh train CONFIG [k=v ...]
+#   ./launch.sh submit CONFIG [k=v ...]   ray job submit (RAY_ADDRESS or http://127.0.0.1:8265) of cluster.train
 #   ./launch.sh generate ARGS...   (see: ./launch.sh generate --help)
 #   ./launch.sh test [pytest args]
-#   ./launch.sh bench              trainer vs hand-written loop, side by side
+#   ./launch.sh bench [dist]       trainer vs hand-written loop; 'dist': 1 vs 2 Ray workers, ZeRO memory
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -61,7 +62,12 @@ case "$cmd" in
   train) setup; exec "$PY" -m cluster.cli train "$@" ;;
   generate) setup; exec "$PY" -m cluster.cli generate "$@" ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
-  bench) setup; exec "$PY" -m bench.train_overhead "$@" ;;
+  submit) setup
+    exec "$VENV/bin/ray" job submit --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir "$ROOT" \
+      -- python -m cluster.train "$@" ;;
+  bench) setup
+    if [ "${1:-}" = dist ]; then shift; exec "$PY" -m bench.distributed "$@"; fi
+    exec "$PY" -m bench.train_overhead "$@" ;;
   help|-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown command '$cmd' (setup | demo | train | generate | test | bench)" ;;
+  *) die "unknown command '$cmd' (setup | demo | train | submit | generate | test | bench)" ;;
 esac

@@ -85,7 +85,7 @@ def cmd_adapter(argv: list[str]) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
-    run_demo(Path(args.out), steps=args.steps)
+    run_demo(Path(args.out), steps=args.steps, workers=args.workers)
     return 0
 
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="tiny end-to-end run: model, data, training, base vs LoRA samples")
     d.add_argument("--out", default="lorabench-demo", help="everything is written under this folder")
     d.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
+    d.add_argument("--workers", type=int, default=2, help="Ray workers (DeepSpeed ZeRO-2 ranks)")
     d.set_defaults(func=cmd_demo)
     return p
 

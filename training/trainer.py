@@ -435,6 +435,8 @@ class Trainer:
                 batch_iter.close()
             for cb in self.callbacks:
                 cb.on_end(self)
+        # Bytes of params/grads/optimizer state per rank: what ZeRO stages trade (bench/distributed).
+        self.memory_per_rank = self.engine.gather_object(self.engine.memory_report())
         result.steps = self.step
         result.skipped = self._consumed_skips().summary()
         result.seconds = time.perf_counter() - start
@@ -450,6 +452,7 @@ class Trainer:
         body = {"steps": result.steps, "seconds": round(result.seconds, 3), "skipped": result.skipped,
                 "world_size": self.world_size, "engine": self.engine.description,
                 "final_checkpoint": str(final) if final else None,
+                "memory_per_rank": self.memory_per_rank,
                 "losses": {str(k): v for k, v in result.losses.items()}}
         tmp = self.layout.root / f".{RESULT_FILE}.tmp"
         tmp.write_text(json.dumps(body, indent=2))
