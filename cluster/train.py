@@ -64,7 +64,7 @@ def connect(cfg: RunConfig) -> RayInfo:
     if address:
         ctx = ray.init(address=address, runtime_env={"env_vars": env} if env else None,
                        log_to_driver=True)
-        return RayInfo(address, getattr(ctx, "dashboard_url", None) or _dashboard_url(), started_here=False)
+        return RayInfo(address, _http(getattr(ctx, "dashboard_url", None)) or _dashboard_url(), started_here=False)
     par = cfg.parallel
     need = math.ceil(par.num_workers * par.cpus_per_worker)
     # Workers import this repo; an embedded Ray runs on this machine, so the path is valid.
@@ -72,16 +72,18 @@ def connect(cfg: RunConfig) -> RayInfo:
     ctx = ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need),
                    include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                    runtime_env={"env_vars": env}, configure_logging=False)
-    url = getattr(ctx, "dashboard_url", None)
-    return RayInfo(ctx.address_info.get("gcs_address", "local"), f"http://{url}" if url and "://" not in url
-                   else url, started_here=True)
+    return RayInfo(ctx.address_info.get("gcs_address", "local"), _http(getattr(ctx, "dashboard_url", None)),
+                   started_here=True)
+
+
+def _http(url: Optional[str]) -> Optional[str]:
+    return f"http://{url}" if url and "://" not in url else url
 
 
 def _dashboard_url() -> Optional[str]:
     try:
         import ray
-        url = ray._private.worker.get_dashboard_url()  # private, but the only way once connected
-        return f"http://{url}" if url and "://" not in url else url
+        return _http(ray._private.worker.get_dashboard_url())  # private, but the only way once connected
     except Exception:
         return None
 
@@ -131,18 +133,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 def prepare_config(cfg: RunConfig) -> RunConfig:
     """Validate what can be validated on the driver, and make worker restarts resume."""
-    from training.data.shards import list_shards, shard_assignment
-    from training.layout import RunLayout
+    from training.trainer import preflight
 
-    shards = list_shards(cfg.data.shards)
-    try:
-        shard_assignment(shards, cfg.seed, 0, 0, cfg.parallel.num_workers)
-    except ValueError as e:
-        raise ConfigError(f"data.shards: {e}") from None
-    layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
-    if cfg.train.resume is None and layout.complete_checkpoints():
-        raise ConfigError(f"{layout.root} already holds checkpoints; resume with train.resume=auto, or "
-                          f"choose another run_name (nothing is overwritten)")
+    preflight(cfg, rank=0, world_size=cfg.parallel.num_workers)  # the workers' own checks, before Ray
     data = cfg.to_dict()
     # Absolute paths: workers may start in another directory (ray job working dirs).
     data["output_dir"] = str(Path(cfg.output_dir).resolve())

@@ -21,7 +21,6 @@ from typing import Any, Iterable
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -76,7 +75,7 @@ def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def lora_named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """(adapter key, parameter) pairs; keys as in :func:`adapter_state_dict` (no adapter name).
+    """(adapter key, parameter) pairs, keyed like peft's state dict (``...to_q.lora_A.weight``).
 
     Names come from the bare model, never from a DDP/DeepSpeed wrapper, so no ``module.``
     prefix can leak into saved keys.
@@ -84,12 +83,6 @@ def lora_named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Pa
     tag = f".{ADAPTER_NAME}."
     return [(n.replace(tag, "."), p) for n, p in model.named_parameters()
             if "lora_" in n and p.requires_grad]
-
-
-def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors keyed by module path (``blocks.0.attn1.to_q.lora_A.weight``), fp32, CPU."""
-    sd = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
 
 
 def config_dict(cfg: PeftLoraConfig) -> dict[str, Any]:

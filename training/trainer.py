@@ -79,6 +79,43 @@ def _lookup(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
+def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Optional[Path]]:
+    """Every check that needs no weights: geometry, shards for this world, resume target.
+
+    Run by each rank before loading anything, and by launchers (the Ray driver) before
+    starting workers. Returns the resolved shard list and the checkpoint to resume from.
+    """
+    geo = get_spec(cfg.model.family).geometry(cfg.model.path)
+    problems = geo.check(cfg.data.width, cfg.data.height, cfg.data.frames)
+    if problems:
+        raise ConfigError("invalid config for model.family=%s:\n  %s" % (cfg.model.family,
+                                                                           "\n  ".join(problems)))
+    shards = list_shards(cfg.data.shards)
+    try:  # fewer shards than ranks: say so before any model loads
+        shard_assignment(shards, cfg.seed, 0, rank, world_size)
+    except ValueError as e:
+        raise ConfigError(f"data.shards: {e}") from None
+    layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
+    resume_from = resolve_resume(layout, cfg.train.resume)
+    if resume_from is None and layout.complete_checkpoints():
+        raise ConfigError(
+            f"{layout.root} already holds checkpoints; resume with train.resume=auto, or "
+            f"choose another run_name (nothing is overwritten)")
+    if resume_from is not None:
+        _check_resume_config(cfg, resume_from)
+    return shards, resume_from
+
+
+def _check_resume_config(cfg: RunConfig, ckpt: Path) -> None:
+    old = yaml.safe_load((ckpt / CKPT_CONFIG).read_text())
+    new = cfg.to_dict()
+    changed = [k for k in _RESUME_INVARIANTS if _lookup(old, k) != _lookup(new, k)]
+    if changed:
+        details = "; ".join(f"{k}: {_lookup(old, k)!r} -> {_lookup(new, k)!r}" for k in changed)
+        raise CheckpointError(f"cannot resume from {ckpt}: settings changed since it was saved "
+                              f"({details}); resume with the checkpoint's config.yaml")
+
+
 class Trainer:
     """The one training loop: a single process, a torchrun/accelerate rank, or a Ray worker.
 
@@ -116,33 +153,7 @@ class Trainer:
     # ------------------------------------------------------------------ validation (no weights)
 
     def _validate(self) -> None:
-        cfg = self.cfg
-        geo = self.spec.geometry(cfg.model.path)
-        problems = geo.check(cfg.data.width, cfg.data.height, cfg.data.frames)
-        if problems:
-            raise ConfigError("invalid config for model.family=%s:\n  %s" % (cfg.model.family,
-                                                                               "\n  ".join(problems)))
-        self.shards = list_shards(cfg.data.shards)
-        try:  # fewer shards than ranks: say so before any model loads
-            shard_assignment(self.shards, cfg.seed, 0, self.rank, self.world_size)
-        except ValueError as e:
-            raise ConfigError(f"data.shards: {e}") from None
-        self.resume_from = resolve_resume(self.layout, cfg.train.resume)
-        if self.resume_from is None and self.layout.complete_checkpoints():
-            raise ConfigError(
-                f"{self.layout.root} already holds checkpoints; resume with train.resume=auto, or "
-                f"choose another run_name (nothing is overwritten)")
-        if self.resume_from is not None:
-            self._check_resume_config(self.resume_from)
-
-    def _check_resume_config(self, ckpt: Path) -> None:
-        old = yaml.safe_load((ckpt / CKPT_CONFIG).read_text())
-        new = self.cfg.to_dict()
-        changed = [k for k in _RESUME_INVARIANTS if _lookup(old, k) != _lookup(new, k)]
-        if changed:
-            details = "; ".join(f"{k}: {_lookup(old, k)!r} -> {_lookup(new, k)!r}" for k in changed)
-            raise CheckpointError(f"cannot resume from {ckpt}: settings changed since it was saved "
-                                  f"({details}); resume with the checkpoint's config.yaml")
+        self.shards, self.resume_from = preflight(self.cfg, self.rank, self.world_size)
 
     # ------------------------------------------------------------------ setup (heavy)
 
@@ -408,9 +419,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         start = time.perf_counter()
-        self._setup()
+        self._setup()  # creates the run folder
         if self.is_main:
-            self.layout.root.mkdir(parents=True, exist_ok=True)
             self.layout.config.write_text(dump_config(self.cfg))
         if self.resume_from is not None:
             self._restore(self.resume_from)

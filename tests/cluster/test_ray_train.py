@@ -139,3 +139,13 @@ def test_ray_job_submit_runs_cluster_train(tiny_wan, video_shards, tmp_path):
             head.kill()
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_driver_checks_the_config_before_starting_ray(tiny_wan, video_shards, tmp_path):
+    """Bad geometry fails in the driver with the workers' own message, before any Ray start."""
+    from cluster.train import run
+    from training.config import ConfigError
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="data.frames"):
+        run(_cfg(tiny_wan, video_shards, tmp_path, "data.frames=8", "parallel.num_workers=2"))
+    assert time.perf_counter() - start < 10

@@ -263,3 +263,17 @@ def test_grad_accumulation_consumes_accum_batches_per_step(tiny_wan, video_shard
     assert state["data"] == {"epoch": 0, "position": 12, "yielded": 12}
     rec = json.loads((result.run_dir / "logs/metrics.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 3 and rec["samples_per_s"] > 0
+
+
+def test_lora_parameter_keys_are_peft_state_dict_keys(tiny_wan):
+    """Saved keys come from named parameters of the bare model: they must be peft's own keys."""
+    from peft import get_peft_model_state_dict
+
+    from training.lora import inject_lora, lora_named_parameters, peft_config
+    from training.models import get_spec
+    model = get_spec("wan").load_pipeline(str(tiny_wan), dtype=torch.float32).transformer
+    inject_lora(model, peft_config(4, 4.0, 0.0, ["to_q", "to_v"]), seed=0)
+    named = dict(lora_named_parameters(model))
+    reference = get_peft_model_state_dict(model, adapter_name="default")
+    assert set(named) == set(reference) and named
+    assert all(torch.equal(named[k], reference[k]) for k in named)
