@@ -83,3 +83,13 @@ def _free_port() -> int:
 def load_adapter_tensors(checkpoint: Path) -> dict:
     from safetensors.torch import load_file
     return load_file(str(checkpoint / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_run(tiny_wan, video_shards, tmp_path_factory) -> Path:
+    """A trained tiny Wan run folder with two complete checkpoints (steps 2 and 4)."""
+    from training.trainer import Trainer
+    cfg = tiny_config("wan", tiny_wan, video_shards, tmp_path_factory.mktemp("eval-run"), "train.max_steps=4",
+                      "checkpoint.every_steps=2", "checkpoint.keep_last=null", "log.tensorboard=false",
+                      "optim.warmup_steps=0")
+    return Trainer(cfg).run().final_checkpoint.parent.parent

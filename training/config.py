@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -201,8 +201,8 @@ def all_keys(model_cls: type[BaseModel] = RunConfig, prefix: str = "") -> list[s
     return keys
 
 
-def _closest(key: str) -> str:
-    candidates = all_keys()
+def _closest(key: str, model_cls: type[BaseModel] = RunConfig) -> str:
+    candidates = all_keys(model_cls)
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not match:  # compare the last segment too: 'optim.learning_rate' -> 'optim.lr' is a stretch
         leaf = key.rsplit(".", 1)[-1]
@@ -213,12 +213,12 @@ def _closest(key: str) -> str:
     return match[0] if match else ""
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, model_cls: type[BaseModel] = RunConfig) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            hint = _closest(key)
+            hint = _closest(key, model_cls)
             lines.append(
                 f"  unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
             )
@@ -267,10 +267,22 @@ def load_config(path: Union[str, Path, None], overrides: Optional[list[str]] = N
 
     Raises ConfigError with every problem listed by dotted key.
     """
+    return load_typed(RunConfig, path, overrides, base, shipped="configs/train/")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_typed(model_cls: type[M], path: Union[str, Path, None], overrides: Optional[list[str]] = None,
+               base: Optional[dict[str, Any]] = None, shipped: str = "configs/") -> M:
+    """YAML file (or ``base`` dict) + dotted overrides -> a validated ``model_cls``.
+
+    Shared by the train and eval configs so both report errors the same way.
+    """
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (shipped configs live in configs/train/)")
+            raise ConfigError(f"config file not found: {p} (shipped configs live in {shipped})")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
@@ -282,9 +294,9 @@ def load_config(path: Union[str, Path, None], overrides: Optional[list[str]] = N
         data, source = dict(base or {}), "<dict>"
     data = apply_overrides(data, list(overrides or []))
     try:
-        return RunConfig.model_validate(data)
+        return model_cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(_format_errors(e, source, model_cls)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -91,11 +91,9 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="sample", disable=not progress)):
         s = sample_seed(seed, i)
         start = time.perf_counter()
-        result = pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(s),
-                      num_inference_steps=steps, guidance_scale=guidance,
-                      max_sequence_length=max_len, **spec.sample_kwargs(width, height, frames))
-        pixels = to_uint8(result.frames[0] if spec.modality == "video" else result.images[0])
-        path = _write(pixels, spec, out / f"sample-{i:04d}", fps)
+        pixels = render(pipe, spec, prompt, s, steps=steps, guidance=guidance, max_text_length=max_len,
+                        width=width, height=height, frames=frames)
+        path = write_sample(pixels, spec, out / f"sample-{i:04d}", fps)
         records.append(SampleRecord(
             index=i, prompt=prompt, seed=s, path=str(path),
             adapter=info.source if info else None, adapter_sha256=info.sha256 if info else None,
@@ -109,7 +107,22 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
     return records
 
 
-def _write(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:
+def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, *, steps: int, guidance: float,
+           max_text_length: int, width: int, height: int, frames: int) -> np.ndarray:
+    """One sample as uint8 pixels: (F, H, W, 3) for video, (H, W, 3) for images.
+
+    The generator is a fresh CPU ``torch.Generator`` seeded with ``seed``: diffusers draws the
+    initial noise on it (on CPU, then moves it), so the noise is the same on any device and
+    does not depend on what this process generated before.
+    """
+    result = pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed),
+                  num_inference_steps=steps, guidance_scale=guidance,
+                  max_sequence_length=max_text_length, **spec.sample_kwargs(width, height, frames))
+    return to_uint8(result.frames[0] if spec.modality == "video" else result.images[0])
+
+
+def write_sample(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:
+    """``stem``.mp4 (video) or ``stem``.png (image)."""
     if spec.modality == "video":
         return write_mp4(pixels, stem.with_suffix(".mp4"), fps=fps)
     return write_png(pixels, stem.with_suffix(".png"))

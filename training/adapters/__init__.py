@@ -2,9 +2,10 @@
 prove their effect, and convert between dialects (field notes 1 and 2)."""
 
 from .convert import convert
-from .load import inspect_adapter, load_adapter
+from .load import inspect_adapter, load_adapter, loaded_adapters, unload_adapter
 from .report import AdapterError, AdapterReport
 from .verify import verify_effect, weight_deltas
 
-__all__ = ["AdapterError", "AdapterReport", "convert", "inspect_adapter", "load_adapter", "verify_effect",
+__all__ = ["AdapterError", "AdapterReport", "convert", "inspect_adapter", "load_adapter", "loaded_adapters",
+           "unload_adapter", "verify_effect",
            "weight_deltas"]

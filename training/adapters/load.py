@@ -143,6 +143,25 @@ def _inject(model: torch.nn.Module, adapter: Adapter, rep: AdapterReport) -> Non
             m.set_scale(name, rep.scale)  # what diffusers' set_adapters(weights=[scale]) does
 
 
+def unload_adapter(model_or_pipeline: Any, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+    """Remove a loaded adapter; the base weights were never modified, so the base model is back.
+
+    Cheaper than reloading the pipeline: eval switches adapters on one resident base model.
+    """
+    model = denoiser(model_or_pipeline)
+    if adapter_name not in loaded_adapters(model):
+        raise AdapterError(f"no adapter named {adapter_name!r} is loaded into {type(model).__name__}")
+    _remove(model, adapter_name)
+    if not getattr(model, "peft_config", None):
+        # An empty peft_config left behind makes peft warn about "multiple adapters" on the next load.
+        if hasattr(model, "peft_config"):
+            del model.peft_config
+        if hasattr(model, "_hf_peft_config_loaded"):
+            model._hf_peft_config_loaded = False
+    if adapter_name in loaded_adapters(model):
+        raise AdapterError(f"adapter {adapter_name!r} is still present after removal; please report this")
+
+
 def _remove(model: torch.nn.Module, name: str) -> None:
     for m in model.modules():
         if hasattr(m, "delete_adapter") and name in getattr(m, "lora_A", {}):

@@ -136,6 +136,14 @@ class ModelSpec(ABC):
     def num_train_timesteps(self, pipe: Any) -> int:
         return int(pipe.scheduler.config.get("num_train_timesteps", 1000))
 
+    def text_limits(self, max_length: int) -> dict[str, int]:
+        """Tokenizer subfolder -> the most tokens (special ones included) the pipeline keeps.
+
+        The pipelines truncate longer prompts without an error; eval checks prompts against
+        these limits so that a prompt is never silently cut.
+        """
+        return {"tokenizer": max_length}
+
     @abstractmethod
     def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:
         """Keyword arguments for the pipeline's __call__ that fix the output shape."""

@@ -54,6 +54,10 @@ class SD3Spec(ModelSpec):
                 timesteps: torch.Tensor, cond: Conditions) -> torch.Tensor:
         return model(hidden_states=noisy, timestep=timesteps, return_dict=False, **cond.kwargs)[0]
 
+    def text_limits(self, max_length: int) -> dict[str, int]:
+        # Both CLIP encoders stop at 77 tokens (their position table); T5 at max_sequence_length.
+        return {"tokenizer": 77, "tokenizer_2": 77, "tokenizer_3": max_length}
+
     def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:
         return {"width": width, "height": height, "output_type": "np"}
 

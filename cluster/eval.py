@@ -1,0 +1,98 @@
+"""``python -m cluster.eval CONFIG [key=value ...]``: generation on a pool of Ray actors, then metrics.
+
+Each actor holds one pipeline (one GPU each with ``parallel.use_gpu=true``; CPU actors
+otherwise) and renders tasks of one variant at a time, swapping adapters on its resident base
+model. Tasks go to whichever actor is free; since every sample's noise comes from its own
+seed and its files are keyed by sample id, the outputs are the same with 1 or N actors and in
+any order. Like ``cluster.train`` it joins ``RAY_ADDRESS`` / ``parallel.ray_address`` or
+starts an embedded local Ray on 127.0.0.1. On a multi-node cluster ``output_dir`` must be on
+storage every node shares.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable, Optional
+
+from eval.config import EvalConfig, load_eval_config
+from eval.generation import Plan
+from training.config import ConfigError
+
+log = logging.getLogger("lorabench.cluster")
+
+
+def ray_executor(plan: Plan, on_done: Callable[[dict[str, Any]], None]) -> None:
+    """Run the plan's tasks on ``parallel.num_workers`` actors (Ray must be connected)."""
+    import ray
+    from ray.util import ActorPool
+
+    from eval.worker import SampleWorker
+
+    if not plan.tasks:
+        return
+    par = plan.cfg.parallel
+    n = min(par.num_workers, len(plan.tasks))  # an actor with nothing to do would still load a model
+    actor_cls = ray.remote(num_cpus=par.cpus_per_worker, num_gpus=1 if par.use_gpu else 0)(SampleWorker)
+    actors = [actor_cls.remote(plan.settings, str(plan.layout.root)) for _ in range(n)]
+    pool = ActorPool(actors)
+    try:
+        for task in plan.tasks:
+            pool.submit(lambda a, t: a.run.remote(t.variant, t.rows), task)
+        while pool.has_next():
+            try:
+                on_done(pool.get_next_unordered())
+            except ray.exceptions.RayTaskError as e:
+                # Re-raise the worker's own exception (AdapterError with its report table, ...)
+                # so the CLI shows the cause, not a Ray wrapper.
+                cause = getattr(e, "cause", None)
+                raise (cause if isinstance(cause, Exception) else e) from None
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
+def run(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Plan, generate (on Ray or in this process), compute metrics; returns results.json's body."""
+    from eval.generation import generate, make_plan, run_local
+    from eval.results import finish
+
+    plan = make_plan(cfg)  # validates everything before Ray starts or a model loads
+    if cfg.parallel.backend == "none":
+        records = generate(plan, run_local, progress=progress)
+    else:
+        import ray
+
+        from cluster.train import check_resources, connect
+        info = connect(cfg)  # type: ignore[arg-type]  (reads cfg.parallel only, same fields)
+        try:
+            slots = check_resources(cfg)  # type: ignore[arg-type]
+            print(f"Ray cluster {info.address}: {slots['nodes']} node(s), room for {slots['worker_slots']} "
+                  f"actor(s); dashboard: {info.dashboard_url or 'not available'}", flush=True)
+            records = generate(plan, ray_executor, progress=progress)
+        finally:
+            if info.started_here:
+                ray.shutdown()
+    return finish(plan, records, progress=progress)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__ + "\nusage: python -m cluster.eval CONFIG [key=value ...]\n"
+              "  e.g. parallel.num_workers=4 parallel.use_gpu=true prompts.samples_per_prompt=4")
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from training.adapters import AdapterError
+    try:
+        body = run(load_eval_config(argv[0], argv[1:]))
+    except (ConfigError, AdapterError, FileNotFoundError) as e:
+        print(f"cluster.eval: error: {e}", file=sys.stderr)
+        return 2
+    from eval.results import summary_text
+    print(summary_text(body))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

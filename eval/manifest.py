@@ -1,0 +1,119 @@
+"""The eval folder layout and the manifest: which sample, of which variant, with which seed.
+
+    evals/<name>/
+      eval.json                  config, its hash, variants (adapter sha256s), skipped prompts
+      manifest.jsonl             sample_id, prompt_id, prompt, rep, variant, seed (one row per sample)
+      variants/<variant>.json    the proof each adapter was applied (load report + effect)
+      samples/<variant>/<sample_id>.mp4|png   + <sample_id>.json (the sample's record)
+      records.jsonl              every record, sorted by (variant, sample_id)
+      features/<extractor>/<variant>.safetensors   per-sample features (+ sample ids)
+      results.json, results.md
+
+A seed is ``sample_seed(seed, prompt_id, rep)``: the same for every variant, so base and LoRA
+are compared on the same noise, and independent of worker count and order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from training.seeding import sample_seed
+
+from .prompts import Prompt
+from .variants import Variant
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    sample_id: str
+    prompt_id: str
+    prompt: str
+    rep: int
+    variant: str
+    seed: int
+    reference: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample_id(prompt_id: str, rep: int) -> str:
+    return f"{prompt_id}-r{rep:03d}"
+
+
+def build_manifest(prompts: list[Prompt], variants: list[Variant], samples_per_prompt: int,
+                   seed: int) -> list[ManifestRow]:
+    """Rows ordered by variant, then prompt, then repeat (the order of the files on disk)."""
+    return [ManifestRow(sample_id(p.id, rep), p.id, p.text, rep, v.name, sample_seed(seed, p.id, rep), p.reference)
+            for v in variants for p in prompts for rep in range(samples_per_prompt)]
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    root: Path
+
+    @property
+    def info(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.jsonl"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records.jsonl"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "results.md"
+
+    def proof(self, variant: str) -> Path:
+        return self.root / "variants" / f"{variant}.json"
+
+    def sample_dir(self, variant: str) -> Path:
+        return self.root / "samples" / variant
+
+    def media(self, variant: str, sid: str, ext: str) -> Path:
+        return self.sample_dir(variant) / f"{sid}.{ext}"
+
+    def record(self, variant: str, sid: str) -> Path:
+        return self.sample_dir(variant) / f"{sid}.json"
+
+    def features(self, extractor: str, group: str) -> Path:
+        return self.root / "features" / extractor / f"{group}.safetensors"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write-then-rename, so a crash never leaves a half-written JSON a resumed eval would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def stable_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,113 @@
+"""Eval prompts: ids that key samples and seeds, optional paired references, token-limit checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from training.config import ConfigError
+
+log = logging.getLogger("lorabench.eval")
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str                           # keys the sample files and the seed; stable across edits of other lines
+    text: str
+    reference: Optional[str] = None   # paired real media (absolute path) for PSNR/SSIM
+
+
+@dataclass
+class PromptSkip:
+    id: str
+    reason: str
+
+
+def load_prompts(path: str | Path, limit: Optional[int] = None) -> list[Prompt]:
+    """Read ``.txt`` (one prompt per line, '#' comments) or ``.jsonl`` ({"prompt", "id"?, "reference"?}).
+
+    Without an explicit id a prompt is ``p<line index>``: give jsonl ids when the file will be
+    edited, so that inserting a line does not change every later prompt's seed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompts.file not found: {p} (write one prompt per line, or a .jsonl with "
+                          "{\"prompt\": ...} objects)")
+    out: list[Prompt] = []
+    seen: dict[str, int] = {}
+    for n, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or (p.suffix != ".jsonl" and line.startswith("#")):
+            continue
+        pid, ref = f"p{len(out):05d}", None
+        if p.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+                text = obj["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{p}:{n}: expected a JSON object with a \"prompt\" field") from None
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"{p}:{n}: \"prompt\" must be a non-empty string")
+            pid = str(obj.get("id", pid))
+            if obj.get("reference") is not None:
+                ref_path = (p.parent / str(obj["reference"])).resolve()
+                if not ref_path.is_file():
+                    raise ConfigError(f"{p}:{n}: reference file {ref_path} not found")
+                ref = str(ref_path)
+            text = text.strip()
+        else:
+            text = line
+        if not _SAFE_ID.match(pid):
+            raise ConfigError(f"{p}:{n}: prompt id {pid!r} must be 1-128 letters, digits, '.', '_' or '-' "
+                              "(it names the sample files)")
+        if pid in seen:
+            raise ConfigError(f"{p}:{n}: prompt id {pid!r} already used on line {seen[pid]}")
+        seen[pid] = n
+        out.append(Prompt(pid, text, ref))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ConfigError(f"prompts.file {p} holds no prompts")
+    return out
+
+
+def token_counts(model_dir: str | Path, limits: dict[str, int], prompts: list[Prompt]) -> dict[str, list[int]]:
+    """Tokens per prompt (special tokens included) for each tokenizer subfolder in ``limits``."""
+    from transformers import AutoTokenizer
+
+    counts = {}
+    for sub in limits:
+        folder = Path(model_dir) / sub
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is missing: the model folder has no {sub}/")
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        counts[sub] = [len(ids) for ids in tok([p.text for p in prompts], add_special_tokens=True)["input_ids"]]
+    return counts
+
+
+def check_lengths(prompts: list[Prompt], counts: dict[str, list[int]], limits: dict[str, int],
+                  policy: Literal["error", "skip"]) -> tuple[list[Prompt], list[PromptSkip]]:
+    """Drop (``skip``) or refuse (``error``) prompts the pipeline would truncate."""
+    kept, skipped = [], []
+    for i, prompt in enumerate(prompts):
+        over = [f"{sub}: {counts[sub][i]} tokens > {lim}" for sub, lim in limits.items() if counts[sub][i] > lim]
+        if not over:
+            kept.append(prompt)
+            continue
+        reason = "too_long (" + "; ".join(over) + ")"
+        if policy == "error":
+            raise ConfigError(
+                f"prompt {prompt.id!r} ({prompt.text[:60]!r}...) is over the text encoder limit: {'; '.join(over)}. "
+                "The pipeline would truncate it silently. Shorten it, raise sampling.max_text_length (if the "
+                "model was trained with that length), or set prompts.too_long=skip to leave it out and count it.")
+        log.warning("prompt %s left out of every variant: %s", prompt.id, reason)
+        skipped.append(PromptSkip(prompt.id, reason))
+    if not kept:
+        raise ConfigError(f"all {len(prompts)} prompts are over the text encoder limit {limits}")
+    return kept, skipped

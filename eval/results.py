@@ -1,0 +1,190 @@
+"""results.json (what ran, on what, and every number with its interval) and the Markdown table.
+
+The metadata answers "can these two numbers be compared?": git sha, config hash, the base
+model's config hash, every adapter's sha256, seeds, hardware and library versions. Deltas
+are always against the base variant on the same manifest (same prompts, same seeds).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+from training.checkpoint import config_hash
+
+from .config import EvalConfig, load_eval_config
+from .manifest import EvalLayout, read_jsonl, write_json_atomic
+from .metrics.base import MetricResult
+
+SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "torchmetrics", "ray", "numpy", "scipy", "av",
+             "safetensors", "accelerate", "deepspeed")
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+    sha = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def library_versions() -> dict[str, Optional[str]]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hardware(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "driver_gpus": gpus, "workers": workers}
+
+
+def model_identity(path: str, revision: Optional[str]) -> dict[str, Any]:
+    p = Path(path)
+    tr = next((p / d / "config.json" for d in ("transformer", "unet") if (p / d / "config.json").is_file()), None)
+    return {"path": str(p.resolve()), "revision": revision,
+            "denoiser_config_sha256": config_hash(tr) if tr else None}
+
+
+def finish(plan: Any, records: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
+    """After generation: metrics (if enabled), results.json and results.md; returns the body."""
+    info = json.loads(plan.layout.info.read_text())
+    return write_results(plan.cfg, plan.layout, info, records, plan.workers, progress=progress)
+
+
+def write_results(cfg: EvalConfig, layout: EvalLayout, info: dict[str, Any], records: list[dict[str, Any]],
+                  workers: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
+    from .metrics.compute import compute_metrics
+
+    variants = info["variants"]
+    metrics = compute_metrics(cfg, layout, info, records, progress=progress) if cfg.metrics.enabled else {
+        "variants": {}, "reference": None, "per_sample": {}}
+    per_variant = {}
+    for v in variants:
+        vm = metrics["variants"].get(v["name"], {})
+        proof = layout.proof(v["name"])
+        per_variant[v["name"]] = {
+            "adapter": v["adapter"], "sha256": v["sha256"], "scale": v["scale"], "step": v["step"],
+            "group": v.get("group"), "warnings": v.get("warnings", []),
+            "proof": json.loads(proof.read_text()) if proof.is_file() else None,
+            "n_samples": sum(1 for r in records if r["variant"] == v["name"]),
+            "metrics": {k: m.to_dict() for k, m in vm.items()}}
+    base = per_variant.get("base")
+    if base:
+        for name, pv in per_variant.items():
+            pv["delta_vs_base"] = {k: m["value"] - base["metrics"][k]["value"] for k, m in pv["metrics"].items()
+                                   if name != "base" and m["value"] is not None and k in base["metrics"]
+                                   and base["metrics"][k]["value"] is not None}
+    per_sample = metrics.get("per_sample", {})
+    samples = [dict(r, metrics=per_sample.get(r["variant"], {}).get(r["sample_id"], {})) for r in records]
+    body = {
+        "schema": SCHEMA_VERSION, "eval": cfg.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(), "config_hash": info["config_hash"], "settings_hash": info["settings_hash"],
+        "config": cfg.to_dict(), "model": {**model_identity(cfg.model.path, cfg.model.revision),
+                                           "family": info.get("family"), "modality": info.get("modality")},
+        "seed": cfg.seed, "samples_per_prompt": cfg.prompts.samples_per_prompt,
+        "skipped_prompts": info.get("skipped_prompts", []),
+        "hardware": hardware(workers), "libraries": library_versions(),
+        "reference": metrics.get("reference"), "variants": per_variant, "samples": samples}
+    write_json_atomic(layout.results, body)
+    layout.report.write_text(markdown(body))
+    return body
+
+
+def recompute(eval_dir: str | Path, overrides: Optional[list[str]] = None, progress: bool = True) -> dict[str, Any]:
+    """``lorabench eval metrics --from DIR``: metrics again from the saved samples/features."""
+    layout = EvalLayout(Path(eval_dir).resolve())
+    if not layout.info.is_file() or not layout.records.is_file():
+        from training.config import ConfigError
+        raise ConfigError(f"{layout.root} is not a finished eval folder (needs eval.json and records.jsonl); "
+                          "run the eval first: lorabench eval CONFIG")
+    info = json.loads(layout.info.read_text())
+    cfg = load_eval_config(None, overrides, base=info["config"])
+    old = json.loads(layout.results.read_text()) if layout.results.is_file() else {}
+    return write_results(cfg, layout, info, read_jsonl(layout.records),
+                         old.get("hardware", {}).get("workers", []), progress=progress)
+
+
+# ----------------------------------------------------------------------------- presentation
+
+
+def _cell(m: dict[str, Any], delta: Optional[float]) -> str:
+    if m["value"] is None:
+        return "skipped"
+    s = f"{m['value']:.4g}"
+    if m.get("ci95"):
+        s += f" [{m['ci95'][0]:.3g}, {m['ci95'][1]:.3g}]"
+    if delta is not None:
+        s += f" ({delta:+.3g})"
+    if m.get("warnings"):
+        s += " ⚠"
+    return s
+
+
+def markdown(body: dict[str, Any]) -> str:
+    variants = body["variants"]
+    names = sorted({k for v in variants.values() for k in v["metrics"]})
+    lines = [f"# Eval {body['eval']}", "",
+             f"git {(body['git'].get('sha') or 'unknown')[:12]}{' (dirty)' if body['git'].get('dirty') else ''} · "
+             f"config {body['config_hash'][:12]} · model {body['model']['path']} · seed {body['seed']} · "
+             f"{body['samples_per_prompt']} sample(s) per prompt", "",
+             "Values with 95% bootstrap intervals; (±) is the difference from `base` on the same prompts "
+             "and seeds; ⚠ marks a metric with warnings (below).", ""]
+    lines.append("| variant | step | scale | n | " + " | ".join(names) + " |")
+    lines.append("|---" * (4 + len(names)) + "|")
+    for name, v in variants.items():
+        deltas = v.get("delta_vs_base", {})
+        cells = [_cell(v["metrics"][k], deltas.get(k)) if k in v["metrics"] else "-" for k in names]
+        lines.append(f"| {name} | {v['step'] if v['step'] is not None else '-'} | "
+                     f"{v['scale'] if v['scale'] is not None else '-'} | {v['n_samples']} | " + " | ".join(cells) + " |")
+    notes = []
+    for name, v in variants.items():
+        notes += [f"- {name}: {w}" for w in v.get("warnings", [])]
+        for k, m in v["metrics"].items():
+            notes += [f"- {name} {k}: {w}" for w in m.get("warnings", [])]
+            if m.get("skipped"):
+                notes.append(f"- {name} {k}: skipped: {m['skipped']}")
+    if body.get("skipped_prompts"):
+        notes.append(f"- {len(body['skipped_prompts'])} prompt(s) left out of every variant (too long): "
+                     + ", ".join(p["id"] for p in body["skipped_prompts"][:10]))
+    ref = body.get("reference")
+    if ref:
+        notes.append(f"- reference: {ref.get('n', 0)} samples from {ref.get('shards')}; {ref.get('skipped', '')}")
+    details = sorted({json.dumps({k: m.get("details", {})}, sort_keys=True) for v in variants.values()
+                      for k, m in v["metrics"].items() if m.get("details")})
+    if notes:
+        lines += ["", "## Notes", *notes]
+    if details:
+        lines += ["", "## How each metric was computed", *[f"- `{d}`" for d in details]]
+    proofs = [f"- {n}: {v['proof']['summary']}; effect {v['proof']['effect_max_diff']:.3e}"
+              for n, v in variants.items() if v.get("proof")]
+    if proofs:
+        lines += ["", "## Adapters (loaded completely and proven to change the output)", *proofs]
+    return "\n".join(lines) + "\n"
+
+
+def summary_text(body: dict[str, Any]) -> str:
+    out = [f"eval {body['eval']}: {len(body['samples'])} samples, {len(body['variants'])} variant(s)"]
+    for name, v in body["variants"].items():
+        ms = "  ".join(str(MetricResult.from_dict(m)) for m in v["metrics"].values())
+        out.append(f"  {name}: {ms or 'no metrics'}")
+    return "\n".join(out)

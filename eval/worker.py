@@ -1,0 +1,144 @@
+"""One generation worker: a resident pipeline that renders manifest rows for any variant.
+
+No Ray here: ``cluster/eval.py`` wraps this class in an actor, and the in-process backend uses
+it directly. Adapters are swapped on the resident base model (unload, load, prove) instead of
+reloading the pipeline; the base weights are never modified by a LoRA, so unloading gives the
+base model back exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from training.adapters import load_adapter, loaded_adapters, unload_adapter, verify_effect
+from training.adapters.load import denoiser
+from training.adapters.report import value_counts
+from training.checkpoint import sha256_file
+from training.generate import render, write_sample
+from training.models import spec_for_folder
+from training.runtime import Precision, resolve_device
+
+from .manifest import EvalLayout, write_json_atomic
+
+log = logging.getLogger("lorabench.eval")
+
+
+@dataclass
+class WorkerSettings:
+    model_path: str
+    dtype: str
+    width: int
+    height: int
+    frames: int
+    steps: int
+    guidance: float
+    fps: int
+    max_text_length: int
+    device: str
+    threads: Optional[int]
+    settings_hash: str    # of everything above that changes pixels: a record with another hash is redone
+
+
+class SampleWorker:
+    def __init__(self, settings: WorkerSettings, out_dir: str) -> None:
+        if settings.threads:
+            # CPU float reductions depend on the thread count: fix it so outputs do not depend
+            # on how many cores the actor happened to get.
+            torch.set_num_threads(settings.threads)
+        self.s = settings
+        _quiet_loading_bars()
+        self.layout = EvalLayout(Path(out_dir))
+        self.spec = spec_for_folder(settings.model_path)
+        self.device = resolve_device(settings.device)
+        dtype = Precision.resolve(settings.dtype, self.device).dtype
+        start = time.perf_counter()
+        self.pipe = self.spec.load_pipeline(settings.model_path, dtype=dtype).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.load_seconds = time.perf_counter() - start
+        self.current: Optional[str] = None   # variant whose adapter (or none) is active
+        self.ext = "mp4" if self.spec.modality == "video" else "png"
+
+    def host(self) -> dict[str, Any]:
+        import socket
+        return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
+                "threads": torch.get_num_threads(), "load_seconds": round(self.load_seconds, 3)}
+
+    # ------------------------------------------------------------------ variants
+
+    def activate(self, variant: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Make ``variant`` the active one; for an adapter, return the proof it is applied.
+
+        Raises AdapterError (with the report table) when the adapter does not load completely
+        or has no effect: no sample of that variant is generated then.
+        """
+        if self.current == variant["name"]:
+            return None
+        model = denoiser(self.pipe)
+        for name in loaded_adapters(model):
+            unload_adapter(model, name)
+        self.current = None
+        if variant["adapter"] is None:
+            self.current = variant["name"]
+            return None
+        report = load_adapter(self.pipe, variant["adapter"], scale=variant["scale"])
+        if report.sha256 != variant["sha256"]:
+            raise RuntimeError(f"{variant['adapter']} changed during the eval (sha256 {report.sha256[:12]}, "
+                               f"planned {variant['sha256'][:12]}); re-run to evaluate the new file")
+        verify_effect(self.pipe, self.spec, report)
+        self.current = variant["name"]
+        return {"variant": variant["name"], "adapter": variant["adapter"], "sha256": report.sha256,
+                "scale": variant["scale"], "step": variant.get("step"), "dialect": report.dialect,
+                "modules_matched": len(report.matched), "missing": len(report.missing),
+                "unexpected": len(report.unexpected), "rank": value_counts(report.ranks),
+                "alpha": value_counts(report.alphas), "effect_max_diff": report.effect_max_diff,
+                "summary": report.summary()}
+
+    # ------------------------------------------------------------------ samples
+
+    def run(self, variant: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Render ``rows`` (all of one variant); each sample's media and record land atomically."""
+        proof = self.activate(variant)
+        records = [self._one(variant, row) for row in rows]
+        return {"proof": proof, "records": records, "worker": self.host()}
+
+    def _one(self, variant: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        s, lay = self.s, self.layout
+        t0 = time.perf_counter()
+        pixels = render(self.pipe, self.spec, row["prompt"], row["seed"], steps=s.steps, guidance=s.guidance,
+                        max_text_length=s.max_text_length, width=s.width, height=s.height, frames=s.frames)
+        t1 = time.perf_counter()
+        final = lay.media(variant["name"], row["sample_id"], self.ext)
+        tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp")
+        written = write_sample(pixels, self.spec, tmp, s.fps)  # suffix appended by write_sample
+        os.replace(written, final)
+        t2 = time.perf_counter()
+        record = dict(row, path=str(final.relative_to(lay.root)), adapter=variant["adapter"],
+                      adapter_sha256=variant["sha256"], adapter_scale=variant["scale"],
+                      adapter_step=variant.get("step"), settings_hash=s.settings_hash,
+                      output_sha256=_pixels_sha256(pixels), file_sha256=sha256_file(final),
+                      shape=list(pixels.shape),
+                      timings={"generate_s": round(t1 - t0, 4), "write_s": round(t2 - t1, 4)})
+        # The record is written last: its presence is what marks the sample finished.
+        write_json_atomic(lay.record(variant["name"], row["sample_id"]), record)
+        return record
+
+
+def _pixels_sha256(pixels: np.ndarray) -> str:
+    import hashlib
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def _quiet_loading_bars() -> None:
+    # Per-component loading bars from every actor would bury the driver's progress bar.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
