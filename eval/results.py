@@ -72,11 +72,11 @@ def finish(plan: Any, records: list[dict[str, Any]], progress: bool = True) -> d
 
 def write_results(cfg: EvalConfig, layout: EvalLayout, info: dict[str, Any], records: list[dict[str, Any]],
                   workers: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
-    from .metrics.compute import compute_metrics
-
     variants = info["variants"]
-    metrics = compute_metrics(cfg, layout, info, records, progress=progress) if cfg.metrics.enabled else {
-        "variants": {}, "reference": None, "per_sample": {}}
+    metrics: dict[str, Any] = {"variants": {}, "reference": None, "per_sample": {}}
+    if cfg.metrics.enabled:
+        from .metrics.compute import compute_metrics
+        metrics = compute_metrics(cfg, layout, info, records, progress=progress)
     per_variant = {}
     for v in variants:
         vm = metrics["variants"].get(v["name"], {})

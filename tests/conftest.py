@@ -93,3 +93,15 @@ def tiny_wan_run(tiny_wan, video_shards, tmp_path_factory) -> Path:
                       "checkpoint.every_steps=2", "checkpoint.keep_last=null", "log.tensorboard=false",
                       "optim.warmup_steps=0")
     return Trainer(cfg).run().final_checkpoint.parent.parent
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs, loopback only) shared by a module's tests."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, runtime_env={"env_vars": {
+                 "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

@@ -15,18 +15,6 @@ from ..conftest import CONFIGS, REPO, _free_port, load_adapter_tensors, run_rank
 TINY = CONFIGS / "train" / "tiny-wan.yaml"
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray (2 CPUs, loopback only) shared by this module's tests."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, runtime_env={"env_vars": {
-                 "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
-
-
 def _cfg(tiny_wan, shards, tmp_path, *overrides):
     from training.config import load_config
     return load_config(TINY, [f"model.path={tiny_wan}", f"data.shards={shards}", f"output_dir={tmp_path}",
