@@ -24,8 +24,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:  # ResourceError is a Con
     from training.lora import LoraTargetError
     from training.models import ModelFolderError
     from training.runtime import RuntimeConfigError
+    from eval.media import MediaError
     return (ConfigError, CheckpointError, DataError, ModelFolderError, AdapterError,
-            RuntimeConfigError, LoraTargetError, FileNotFoundError)
+            RuntimeConfigError, LoraTargetError, FileNotFoundError, MediaError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -83,6 +84,44 @@ def cmd_adapter(argv: list[str]) -> int:
     return main(argv)
 
 
+def cmd_eval(argv: list[str]) -> int:
+    """``lorabench eval CONFIG [k=v ...]`` or ``lorabench eval metrics --from DIR [k=v ...]``."""
+    p = argparse.ArgumentParser(prog="lorabench eval", description=(
+        "Generate base/adapter/checkpoint samples on fixed seeds (Ray actors) and compute metrics. "
+        "Overrides are dotted key=value pairs, e.g. parallel.num_workers=4 prompts.samples_per_prompt=8. "
+        "`lorabench eval metrics --from DIR [metrics.k=v ...]` recomputes metrics from saved samples "
+        "and features without regenerating."))
+    p.add_argument("config", nargs="?", help="eval YAML (configs/eval/*.yaml), or 'metrics'")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.add_argument("--from", dest="from_dir", help="with 'metrics': the eval folder (evals/<name>)")
+    p.add_argument("--workers", type=int, help="Ray actors (same as parallel.num_workers=N)")
+    p.add_argument("--local", action="store_true", help="generate in this process (parallel.backend=none)")
+    p.add_argument("--help-config", action="store_true", help="list every eval config key with its meaning")
+    args = p.parse_args(argv)
+    from eval.config import help_text, load_eval_config
+    from eval.results import recompute, summary_text
+
+    if args.help_config:
+        print(help_text())
+        return 0
+    if args.config == "metrics":
+        if not args.from_dir:
+            p.error("eval metrics needs --from DIR (an eval folder with eval.json and records.jsonl)")
+        body = recompute(args.from_dir, args.overrides)
+    else:
+        if not args.config:
+            p.error("a config path is required (e.g. configs/eval/tiny-wan.yaml)")
+        overrides = list(args.overrides)
+        if args.workers is not None:
+            overrides += ["parallel.backend=ray", f"parallel.num_workers={args.workers}"]
+        if args.local:
+            overrides.append("parallel.backend=none")
+        from cluster.eval import run
+        body = run(load_eval_config(args.config, overrides))
+    print(summary_text(body))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
     run_demo(Path(args.out), steps=args.steps, workers=args.workers)
@@ -133,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("adapter", help="inspect | verify | convert LoRA adapters (any key dialect)",
                    add_help=False)
+    sub.add_parser("eval", help="base vs LoRA/checkpoints on fixed seeds (Ray), FVD/CLIP/FID/KID; "
+                   "'eval metrics --from DIR' recomputes", add_help=False)
 
     d = sub.add_parser("demo", help="tiny end-to-end run: model, data, training, base vs LoRA samples")
     d.add_argument("--out", default="lorabench-demo", help="everything is written under this folder")
@@ -152,7 +193,7 @@ def _quiet_library_progress() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter}
+    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval}
     if argv and argv[0] in passthrough:
         runner: Callable[[], int] = lambda: passthrough[argv[0]](argv[1:])
         verbose = False

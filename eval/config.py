@@ -101,7 +101,7 @@ class ClipMetricConfig(_Section):
 class FvdMetricConfig(_Section):
     i3d_path: Optional[str] = Field(None, description="i3d_pretrained_400.pt state dict or TorchScript detector; "
                                     "null skips FVD.")
-    frames: int = Field(16, ge=1, description="Frames per clip fed to I3D.")
+    frames: int = Field(16, ge=9, description="First N frames of each clip fed to I3D (the network needs >= 9).")
 
 
 class FidMetricConfig(_Section):
@@ -141,6 +141,10 @@ class EvalConfig(_Section):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
         if not self.variants.base and not self.variants.adapters:
             raise ValueError("nothing to evaluate: set variants.base=true or list variants.adapters")
+        fvd = self.metrics.fvd
+        if self.metrics.enabled and fvd.i3d_path and self.sampling.frames > 1 and fvd.frames > self.sampling.frames:
+            raise ValueError(f"metrics.fvd.frames={fvd.frames} but samples have sampling.frames={self.sampling.frames}: "
+                             f"FVD takes the first {fvd.frames} frames of each video; lower metrics.fvd.frames")
         return self
 
     @property

@@ -72,6 +72,8 @@ def make_plan(cfg: EvalConfig) -> Plan:
     problems = spec.geometry(cfg.model.path).check(s.width, s.height, s.frames)
     if problems:
         raise_config("invalid sampling shape:\n  " + "\n  ".join(p.replace("data.", "sampling.") for p in problems))
+    from .metrics.compute import check_inputs
+    check_inputs(cfg)
     variants = resolve_variants(cfg)
     for v in variants:
         for w in v.warnings:

@@ -156,25 +156,30 @@ def markdown(body: dict[str, Any]) -> str:
         cells = [_cell(v["metrics"][k], deltas.get(k)) if k in v["metrics"] else "-" for k in names]
         lines.append(f"| {name} | {v['step'] if v['step'] is not None else '-'} | "
                      f"{v['scale'] if v['scale'] is not None else '-'} | {v['n_samples']} | " + " | ".join(cells) + " |")
-    notes = []
+    notes = [f"- {name}: {w}" for name, v in variants.items() for w in v.get("warnings", [])]
+    # The same warning for every variant (sample counts, random weights) is listed once.
+    seen: dict[str, list[str]] = {}
     for name, v in variants.items():
-        notes += [f"- {name}: {w}" for w in v.get("warnings", [])]
         for k, m in v["metrics"].items():
-            notes += [f"- {name} {k}: {w}" for w in m.get("warnings", [])]
-            if m.get("skipped"):
-                notes.append(f"- {name} {k}: skipped: {m['skipped']}")
+            for w in m.get("warnings", []) + ([f"{k}: skipped: {m['skipped']}"] if m.get("skipped") else []):
+                seen.setdefault(w, []).append(name)
+    notes += [f"- {w}" + ("" if len(who) == len(variants) else f" ({', '.join(who)})") for w, who in seen.items()]
     if body.get("skipped_prompts"):
         notes.append(f"- {len(body['skipped_prompts'])} prompt(s) left out of every variant (too long): "
                      + ", ".join(p["id"] for p in body["skipped_prompts"][:10]))
     ref = body.get("reference")
     if ref:
         notes.append(f"- reference: {ref.get('n', 0)} samples from {ref.get('shards')}; {ref.get('skipped', '')}")
-    details = sorted({json.dumps({k: m.get("details", {})}, sort_keys=True) for v in variants.values()
-                      for k, m in v["metrics"].items() if m.get("details")})
+    how: dict[str, dict[str, Any]] = {}
+    for v in variants.values():
+        for k, m in v["metrics"].items():
+            if m.get("details") and k not in how:  # per-variant counts and spreads stay in results.json
+                how[k] = {d: x for d, x in m["details"].items() if not d.startswith("n_") and d != "std"}
     if notes:
         lines += ["", "## Notes", *notes]
-    if details:
-        lines += ["", "## How each metric was computed", *[f"- `{d}`" for d in details]]
+    if how:
+        lines += ["", "## How each metric was computed", *[f"- {k}: `{json.dumps(d, sort_keys=True)}`"
+                                                          for k, d in sorted(how.items())]]
     proofs = [f"- {n}: {v['proof']['summary']}; effect {v['proof']['effect_max_diff']:.3e}"
               for n, v in variants.items() if v.get("proof")]
     if proofs:
