@@ -17,7 +17,9 @@ Preprocessing, and the reference each choice follows:
 * **Features**: the 400 pre-softmax logits, averaged over time (one step at 16 frames). A
   TorchScript StyleGAN-V detector is called with ``rescale=False, resize=False,
   return_features=True`` on the input above (see ``TorchScriptI3D``).
-* **Distance**: ``eval.metrics.frechet`` (float64, N-1 covariance, as StyleGAN-V's ``np.cov``).
+* **Distance**: ``eval.metrics.frechet`` (float64, N-1 covariance, as torchmetrics' FID;
+  StyleGAN-V's ``FeatureStats`` normalises by N: the difference is O(1/N), below the bootstrap
+  interval at the sample counts FVD needs).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from training.checkpoint import sha256_file
 
 from .base import MetricResult, small_sample_warnings
-from .bootstrap import DEFAULT_BOOTSTRAP, bootstrap_ci
+from .bootstrap import DEFAULT_BOOTSTRAP, centred_interval
 from .frechet import frechet_from_features
 from .i3d import DEFAULT_BN_EPS, INPUT_SIZE, MIN_FRAMES, NUM_CLASSES, RANDOM_WEIGHTS_NOTE, load_i3d
 
@@ -161,6 +163,8 @@ def fvd(gen_feats: np.ndarray, real_feats: np.ndarray, *, n_boot: int = DEFAULT_
         result.n_ref, result.details, result.warnings = len(real), info, warnings
         return result
     value = frechet_from_features(gen, real)
-    ci = bootstrap_ci(frechet_from_features, [gen, real], n_boot=n_boot, seed=seed)
+    # Re-centred: plain percentile intervals of a biased distance miss the value itself.
+    ci, how = centred_interval(value, frechet_from_features, [gen, real], n_boot=n_boot, seed=seed)
+    info.update(how)
     return MetricResult(name="fvd", value=value, n=len(gen), ci95=ci, n_ref=len(real), details=info,
                         warnings=warnings)
