@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# lorabench entry point: setup | demo | train | submit | generate | test | bench
+# lorabench entry point: setup | demo | train | eval | submit | generate | test | bench
 #   ./launch.sh setup              create .venv and install lorabench (CPU torch unless a GPU is present)
 #   ./launch.sh demo [DIR]         tiny end-to-end run (default DIR: lorabench-demo/)
 #   ./launch.sh train CONFIG [k=v ...]
+#   ./launch.sh eval CONFIG [k=v ...]     base vs LoRA/checkpoints on Ray actors + metrics ('eval metrics --from DIR')
 #   ./launch.sh submit CONFIG [k=v ...]   ray job submit (RAY_ADDRESS or http://127.0.0.1:8265) of cluster.train
+#   ./launch.sh submit-eval CONFIG [k=v ...]  the same for cluster.eval
 #   ./launch.sh generate ARGS...   (see: ./launch.sh generate --help)
 #   ./launch.sh test [pytest args]
-#   ./launch.sh bench [dist]       trainer vs hand-written loop; 'dist': 1 vs 2 Ray workers, ZeRO memory
+#   ./launch.sh bench [dist|eval]  trainer vs hand-written loop; 'dist': 1 vs 2 Ray workers, ZeRO memory;
+#                                  'eval': generation 1 vs 2 actors, Frechet distance vs scipy
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -61,13 +64,18 @@ case "$cmd" in
   demo) setup; exec "$PY" -m cluster.cli demo --out "${1:-lorabench-demo}" "${@:2}" ;;
   train) setup; exec "$PY" -m cluster.cli train "$@" ;;
   generate) setup; exec "$PY" -m cluster.cli generate "$@" ;;
+  eval) setup; exec "$PY" -m cluster.cli eval "$@" ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
   submit) setup
     exec "$VENV/bin/ray" job submit --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir "$ROOT" \
       -- python -m cluster.train "$@" ;;
+  submit-eval) setup
+    exec "$VENV/bin/ray" job submit --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir "$ROOT" \
+      -- python -m cluster.eval "$@" ;;
   bench) setup
     if [ "${1:-}" = dist ]; then shift; exec "$PY" -m bench.distributed "$@"; fi
+    if [ "${1:-}" = eval ]; then shift; exec "$PY" -m bench.eval "$@"; fi
     exec "$PY" -m bench.train_overhead "$@" ;;
-  help|-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown command '$cmd' (setup | demo | train | submit | generate | test | bench)" ;;
+  help|-h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command '$cmd' (setup | demo | train | eval | submit | submit-eval | generate | test | bench)" ;;
 esac

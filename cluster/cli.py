@@ -74,6 +74,18 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_tiny_metrics(args: argparse.Namespace) -> int:
+    from eval.metrics.tiny import make_tiny_metrics
+
+    paths = make_tiny_metrics(args.out, seed=args.seed)
+    print("tiny RANDOM metric models (their numbers are meaningless; for tests and demos):")
+    for k, p in paths.items():
+        print(f"  {k:10s} {p}")
+    print(f"use: metrics.clip.path={paths['clip']} metrics.fvd.i3d_path={paths['i3d']} "
+          f"metrics.fid.extractor={paths['inception']}")
+    return 0
+
+
 def cmd_make_data(argv: list[str]) -> int:
     from training.data.synthetic import main
     return main(argv) or 0
@@ -97,7 +109,7 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, help="Ray actors (same as parallel.num_workers=N)")
     p.add_argument("--local", action="store_true", help="generate in this process (parallel.backend=none)")
     p.add_argument("--help-config", action="store_true", help="list every eval config key with its meaning")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # `metrics --from DIR k=v`: positionals after an option
     from eval.config import help_text, load_eval_config
     from eval.results import recompute, summary_text
 
@@ -167,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wan only: Wan2.1 T2V layout or Wan2.2 TI2V-5B layout")
     m.set_defaults(func=cmd_make_tiny)
 
-    # make-data and adapter keep their own parsers; listed here for --help.
+    mm = sub.add_parser("make-tiny-metrics", help="write tiny random CLIP / I3D / Inception models (offline)")
+    mm.add_argument("--out", required=True, help="folder for clip/, i3d-random.pt, inception-random.pt")
+    mm.add_argument("--seed", type=int, default=0)
+    mm.set_defaults(func=cmd_make_tiny_metrics)
+
+    # make-data, adapter and eval keep their own parsers; listed here for --help.
     sub.add_parser("make-data", help="write synthetic webdataset shards (moving shapes + captions)",
                    add_help=False)
     sub.add_parser("adapter", help="inspect | verify | convert LoRA adapters (any key dialect)",

@@ -1,8 +1,13 @@
 """``lorabench demo``: the whole path on one machine in minutes, under one folder.
 
-tiny Wan model -> synthetic moving-shape shards -> LoRA training on an embedded local Ray (2
-workers, DeepSpeed ZeRO-2 over gloo) -> base and LoRA samples at the same seeds -> summary.
-Re-running is idempotent: finished steps resume (train.resume=auto).
+tiny Wan model -> synthetic moving-shape shards (train + held-out) -> LoRA training on an
+embedded local Ray (2 workers, DeepSpeed ZeRO-2 over gloo) -> eval on the same Ray (2 actors):
+base vs every checkpoint on the same prompts and seeds, each adapter proven applied -> metrics
+(CLIP score, FVD, FID/KID, sharpness, temporal consistency) -> results.json + results.md.
+
+The metric networks in the demo are tiny RANDOM ones (no download is possible here): their
+numbers exercise the pipeline and mean nothing; results.md says so next to each value.
+Re-running is idempotent: finished training steps and finished samples are skipped.
 """
 
 from __future__ import annotations
@@ -17,38 +22,43 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "train" / "tiny-wan.yaml"
+DEMO_EVAL = REPO / "configs" / "eval" / "tiny-wan.yaml"
 DEMO_DEEPSPEED = REPO / "configs" / "deepspeed" / "zero2.json"
-DEMO_PROMPTS = ["a red circle moving left", "a blue square moving up",
-                "a yellow triangle moving right", "a green circle moving down"]
 
 
 def _read_losses(metrics: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if line.strip()]
 
 
-def _frames(path: str) -> np.ndarray:
-    import av
-    with av.open(path) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
-
-
 def run_demo(out: Path, steps: Optional[int] = None, seed: int = 0, workers: int = 2) -> dict:
-    from cluster.train import run as run_on_ray
+    import ray
+
+    from cluster.eval import run as eval_on_ray
+    from cluster.train import connect, run as train_on_ray
+    from eval.config import load_eval_config
+    from eval.media import read_media
+    from eval.metrics.tiny import make_tiny_metrics
     from training.config import load_config
     from training.data.synthetic import make_data
-    from training.generate import generate
     from training.layout import RunLayout
     from training.models import get_spec
 
     t0 = time.perf_counter()
     out = out.resolve()
-    model_dir, data_dir = out / "tiny-models" / "wan", out / "data" / "video"
+    model_dir, data_dir, heldout = out / "tiny-models" / "wan", out / "data" / "video", out / "data" / "video-heldout"
+    metric_dir = out / "tiny-models" / "metrics"
     if not (model_dir / "model_index.json").is_file():
         print(f"==> tiny Wan model -> {model_dir}")
         get_spec("wan").make_tiny(model_dir, seed=seed)
     if not any(data_dir.glob("*.tar")):
         print(f"==> synthetic video shards -> {data_dir}")
         make_data("video", data_dir, shards=4, samples_per_shard=16, seed=seed, size=(32, 32), frames=9)
+    if not any(heldout.glob("*.tar")):
+        # Another seed: clips the LoRA never saw, for the real statistics of FVD/FID (field note 5).
+        make_data("video", heldout, shards=1, samples_per_shard=8, seed=seed + 1000, size=(32, 32), frames=9)
+    if not (metric_dir / "clip").is_dir():
+        print(f"==> tiny RANDOM CLIP / I3D / Inception for the metrics -> {metric_dir}")
+        make_tiny_metrics(metric_dir, seed=seed)
 
     overrides = [f"model.path={model_dir}", f"data.shards={data_dir}", f"output_dir={out / 'runs'}",
                  "run_name=demo-wan", "train.resume=auto", "parallel.backend=ray",
@@ -57,42 +67,53 @@ def run_demo(out: Path, steps: Optional[int] = None, seed: int = 0, workers: int
     if steps is not None:
         overrides.append(f"train.max_steps={steps}")
     cfg = load_config(DEMO_CONFIG, overrides)
-    print(f"==> training LoRA for {cfg.train.max_steps} steps on local Ray ({workers} workers, DeepSpeed "
-          f"ZeRO-2) -> {out / 'runs' / 'demo-wan'}")
     layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
-    result = run_on_ray(cfg)
-    adapter = result["final_checkpoint"] or layout.latest_checkpoint()  # None steps left on a re-run
+    info = connect(cfg)  # one Ray for both stages: train and eval see it and leave it running
+    try:
+        print(f"==> training LoRA for {cfg.train.max_steps} steps on local Ray ({workers} workers, DeepSpeed "
+              f"ZeRO-2) -> {layout.root}")
+        result = train_on_ray(cfg)
+        prompts = out / "prompts.txt"
+        prompts.write_text((REPO / "configs/eval/prompts/shapes.txt").read_text())
+        ecfg = load_eval_config(DEMO_EVAL, [
+            f"output_dir={out / 'evals'}", f"model.path={model_dir}", f"variants.adapters=[{layout.root}]",
+            f"prompts.file={prompts}", "prompts.samples_per_prompt=1", f"reference.shards={heldout}",
+            "reference.max_samples=8", f"parallel.num_workers={workers}", f"seed={seed}",
+            f"metrics.clip.path={metric_dir / 'clip'}", f"metrics.fvd.i3d_path={metric_dir / 'i3d-random.pt'}",
+            f"metrics.fid.extractor={metric_dir / 'inception-random.pt'}", "metrics.fid.kid_subset_size=32",
+            "metrics.fid.kid_subsets=10"])
+        print(f"==> eval on the same Ray ({workers} actors): base vs every checkpoint -> {ecfg.out_dir}")
+        body = eval_on_ray(ecfg)
+    finally:
+        if info.started_here:
+            ray.shutdown()
 
-    prompts_file = out / "prompts.txt"
-    prompts_file.write_text("\n".join(DEMO_PROMPTS) + "\n")
-    shape = dict(width=cfg.data.width, height=cfg.data.height, frames=cfg.data.frames, steps=20,
-                 guidance=1.0, max_text_length=cfg.data.max_text_length, seed=seed)
-    print("==> base and LoRA samples at the same seeds")
-    base = generate(model_dir, DEMO_PROMPTS, out / "samples" / "base", **shape)
-    lora = generate(model_dir, DEMO_PROMPTS, out / "samples" / "lora", adapter=adapter, **shape)
-    diffs = [float(np.abs(_frames(b.path) - _frames(l.path)).mean()) for b, l in zip(base, lora)]
+    samples = body["samples"]
+    last = [v for v in body["variants"] if v != "base"][-1]
+    pairs = [(b, next(s for s in samples if s["variant"] == last and s["sample_id"] == b["sample_id"]))
+             for b in samples if b["variant"] == "base"]
+    root = ecfg.out_dir.resolve()
+    diffs = [float(np.abs(read_media(root / b["path"]).astype(np.float32) - read_media(root / lo["path"])).mean())
+             for b, lo in pairs]
     if min(diffs) == 0.0:
         raise RuntimeError("a LoRA sample is identical to its base sample: the adapter had no effect")
-
     losses = _read_losses(layout.metrics)
     k = max(1, min(20, len(losses) // 5))
     summary = {
         "loss_first": statistics.mean(losses[:k]), "loss_last": statistics.mean(losses[-k:]),
-        "loss_window_steps": k, "steps": len(losses), "adapter": str(adapter),
-        "base_samples": [b.path for b in base], "lora_samples": [l.path for l in lora],
-        "seeds": [b.seed for b in base], "mean_abs_pixel_diff_base_vs_lora": diffs,
-        "seconds": round(time.perf_counter() - t0, 1), "skipped": result["skipped"],
-        "engine": result["engine"], "train_seconds_in_workers": result["seconds"],
+        "loss_window_steps": k, "steps": len(losses), "variants": list(body["variants"]),
+        "seeds": [b["seed"] for b, _ in pairs], "mean_abs_pixel_diff_base_vs_last": diffs,
+        "results": str(root / "results.json"), "report": str(root / "results.md"),
+        "seconds": round(time.perf_counter() - t0, 1), "skipped": result["skipped"], "engine": result["engine"],
+        "train_seconds_in_workers": result["seconds"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"""
 lorabench demo finished in {summary['seconds']}s (everything is under {out})
   loss (mean of first/last {k} steps): {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} over {len(losses)} steps
-  adapter:       {adapter}
-  base samples:  {out / 'samples' / 'base'}  ({len(base)} mp4, seeds {summary['seeds']})
-  LoRA samples:  {out / 'samples' / 'lora'}  (same prompts and seeds)
-  base vs LoRA mean |pixel diff| (0-255): {', '.join(f'{d:.2f}' for d in diffs)}
-  training:      {result['engine']}, {result['seconds']:.1f}s in the workers
-  data: {result['skipped']}
-  summary: {out / 'summary.json'}""")
+  training:  {result['engine']}, {result['seconds']:.1f}s in the workers; data: {result['skipped']}
+  eval:      {len(samples)} samples, variants {', '.join(body['variants'])} (same prompts and seeds)
+  base vs {last} mean |pixel diff| (0-255): {', '.join(f'{d:.2f}' for d in diffs)}
+  report:    {root / 'results.md'}  (metric networks are tiny RANDOM ones: numbers are meaningless)
+  summary:   {out / 'summary.json'}""")
     return summary

@@ -50,3 +50,26 @@ def test_adapter_subcommands_are_wired(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     assert main(["adapter", "verify", str(tmp_path / "missing"), "--model", str(model)]) == 1
     assert main(["adapter"]) == 2
+
+
+def test_eval_commands_exit_with_named_errors(capsys, tmp_path):
+    assert main(["eval", "--help-config"]) == 0
+    assert "metrics.fvd.i3d_path" in capsys.readouterr().out
+    code = main(["eval", str(CONFIGS / "eval/tiny-wan.yaml"), f"model.path={tmp_path / 'nope'}", "--local"])
+    assert code == EXIT_USER_ERROR
+    assert "lorabench make-tiny --family wan" in capsys.readouterr().err
+    assert main(["eval", "metrics", "--from", str(tmp_path)]) == EXIT_USER_ERROR
+    assert "is not a finished eval folder" in capsys.readouterr().err
+
+
+def test_eval_in_process_and_metrics_from_dir(tiny_wan, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left\n")
+    common = [f"model.path={tiny_wan}", f"output_dir={tmp_path}", f"prompts.file={prompts}", "variants.adapters=[]",
+              "reference.shards=null", "metrics.clip.path=null", "metrics.fvd.i3d_path=null", "sampling.steps=2",
+              "metrics.bootstrap=10", "prompts.samples_per_prompt=2"]
+    assert main(["eval", str(CONFIGS / "eval/tiny-wan.yaml"), *common, "--local"]) == 0
+    out = capsys.readouterr().out
+    assert "eval tiny-wan: 2 samples, 1 variant(s)" in out and "sharpness=" in out and "fvd: skipped" in out
+    assert main(["eval", "metrics", "--from", str(tmp_path / "tiny-wan"), "metrics.sharpness=false"]) == 0
+    assert "sharpness=" not in capsys.readouterr().out
