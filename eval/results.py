@@ -174,7 +174,8 @@ def markdown(body: dict[str, Any]) -> str:
     for v in variants.values():
         for k, m in v["metrics"].items():
             if m.get("details") and k not in how:  # per-variant counts and spreads stay in results.json
-                how[k] = {d: x for d, x in m["details"].items() if not d.startswith("n_") and d != "std"}
+                how[k] = {d: x for d, x in m["details"].items()
+                          if not d.startswith("n_") and d not in ("std", "bootstrap_median", "ci95_percentile_raw")}
     if notes:
         lines += ["", "## Notes", *notes]
     if how:

@@ -393,6 +393,9 @@ def _variant_metrics(feats: dict[str, Features], reference: dict[str, Features],
         f = cfg.metrics.fid
         out["kid"] = kid(g2, r2, subset_size=f.kid_subset_size, subsets=f.kid_subsets, seed=seed)
         out["kid"].details.update(details)
+    for m in out.values():  # a number from a random network must say so wherever it is shown
+        if m.details.get("random_weights") and not any("random" in w for w in m.warnings):
+            m.warnings.append(f"{m.name}: computed with random network weights (a test/demo model): meaningless")
     q = feats.get("quality")
     if q is not None and q.ids:
         qd = desc["quality"]

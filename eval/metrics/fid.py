@@ -343,6 +343,7 @@ class InceptionExtractor:
             "resize": resize,
             "antialias": self.antialias,
             "input": "uint8 NCHW when no resize is needed, else float32 on the 0-255 scale",
+            "random_weights": bool(getattr(self.module, "lorabench_random_weights", False)),
             "call_kwargs": dict(self.call_kwargs),
             "feature_dim": self.dim,
         }
