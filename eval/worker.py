@@ -111,7 +111,7 @@ class SampleWorker:
 
     def _one(self, variant: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         s, lay = self.s, self.layout
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         pixels = render(self.pipe, self.spec, row["prompt"], row["seed"], steps=s.steps, guidance=s.guidance,
                         max_text_length=s.max_text_length, width=s.width, height=s.height, frames=s.frames)
         t1 = time.perf_counter()
@@ -125,7 +125,8 @@ class SampleWorker:
                       adapter_step=variant.get("step"), settings_hash=s.settings_hash,
                       output_sha256=_pixels_sha256(pixels), file_sha256=sha256_file(final),
                       shape=list(pixels.shape),
-                      timings={"generate_s": round(t1 - t0, 4), "write_s": round(t2 - t1, 4)})
+                      timings={"generate_s": round(t1 - t0, 4), "write_s": round(t2 - t1, 4),
+                               "start": round(started, 4), "end": round(started + t2 - t0, 4)})
         # The record is written last: its presence is what marks the sample finished.
         write_json_atomic(lay.record(variant["name"], row["sample_id"]), record)
         return record
