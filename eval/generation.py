@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 from tqdm.auto import tqdm
 
 from training.checkpoint import sha256_file
+from training.config import ConfigError
 from training.models import spec_for_folder
 
 from .config import EvalConfig
@@ -71,7 +72,7 @@ def make_plan(cfg: EvalConfig) -> Plan:
     s = cfg.sampling
     problems = spec.geometry(cfg.model.path).check(s.width, s.height, s.frames)
     if problems:
-        raise_config("invalid sampling shape:\n  " + "\n  ".join(p.replace("data.", "sampling.") for p in problems))
+        raise ConfigError("invalid sampling shape:\n  " + "\n  ".join(p.replace("data.", "sampling.") for p in problems))
     from .metrics.compute import check_inputs
     check_inputs(cfg)
     variants = resolve_variants(cfg)
@@ -100,11 +101,6 @@ def make_plan(cfg: EvalConfig) -> Plan:
     write_jsonl(layout.manifest, (r.to_dict() for r in rows))
     _schedule(plan, spec.modality)
     return plan
-
-
-def raise_config(msg: str) -> None:
-    from training.config import ConfigError
-    raise ConfigError(msg)
 
 
 def _schedule(plan: Plan, modality: str) -> None:

@@ -49,18 +49,30 @@ def decode_image_uint8(data: bytes, name: str = "image") -> np.ndarray:
         raise MediaError(f"{name}: Pillow could not decode it ({e})") from None
 
 
-def reference_media(shards: Any, modality: str, width: int, height: int, frames: int,
-                    max_samples: Optional[int]) -> Iterator[tuple[str, Optional[np.ndarray], Optional[str]]]:
-    """(key, uint8 media or None, skip reason) for each reference sample, in shard order.
+def decode_like_training(raw: bytes, modality: str, width: int, height: int, frames: int) -> np.ndarray:
+    """Real media as the trainer sees it, as uint8: (F, H, W, 3) or (H, W, 3).
 
-    Decoded exactly like training data (first ``frames`` frames, aspect-preserving resize +
-    centre crop to the eval's resolution), so real and generated media enter the feature
-    extractors at the same size and length.
+    First ``frames`` frames, aspect-preserving resize + centre crop (training.data.decode), so
+    real and generated media enter the feature extractors at the same size and length. Raises
+    the decoder's ``BadSample`` (with its reason) on media it rejects.
     """
     import torch
+
+    from training.data.decode import decode_image, decode_video
+
+    t = decode_video(raw, frames, height, width) if modality == "video" else decode_image(raw, height, width)
+    # The decoders return [-1, 1] floats (C, [F,] H, W); back to uint8 channels-last.
+    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return (arr.permute(1, 2, 3, 0) if modality == "video" else arr.permute(1, 2, 0)).numpy()
+
+
+def reference_media(shards: Any, modality: str, width: int, height: int, frames: int,
+                    max_samples: Optional[int]) -> Iterator[tuple[str, Optional[np.ndarray], Optional[str]]]:
+    """(key, uint8 media or None, skip reason) for each reference sample, in shard order
+    (decoded by :func:`decode_like_training`)."""
     import webdataset as wds
 
-    from training.data.decode import BadSample, decode_image, decode_video, media_of
+    from training.data.decode import BadSample, media_of
     from training.data.shards import list_shards
 
     urls = list_shards(shards)
@@ -70,14 +82,11 @@ def reference_media(shards: Any, modality: str, width: int, height: int, frames:
         key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         try:
             _, raw = media_of(sample, modality)
-            t = decode_video(raw, frames, height, width) if modality == "video" else decode_image(raw, height, width)
+            media = decode_like_training(raw, modality, width, height, frames)
         except BadSample as e:
             yield key, None, e.reason
             continue
-        # decode_* return [-1, 1] floats (C, [F,] H, W); back to uint8 (F, H, W, 3) / (H, W, 3).
-        arr = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        arr = arr.permute(1, 2, 3, 0) if modality == "video" else arr.permute(1, 2, 0)
-        yield key, arr.numpy(), None
+        yield key, media, None
         n += 1
         if max_samples is not None and n >= max_samples:
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -35,45 +34,34 @@ def load_prompts(path: str | Path, limit: Optional[int] = None) -> list[Prompt]:
     Without an explicit id a prompt is ``p<line index>``: give jsonl ids when the file will be
     edited, so that inserting a line does not change every later prompt's seed.
     """
+    from training.generate import read_prompt_rows
+
     p = Path(path)
-    if not p.is_file():
+    try:
+        rows = read_prompt_rows(p)
+    except FileNotFoundError:
         raise ConfigError(f"prompts.file not found: {p} (write one prompt per line, or a .jsonl with "
-                          "{\"prompt\": ...} objects)")
+                          "{\"prompt\": ...} objects)") from None
+    except ValueError as e:
+        raise ConfigError(f"prompts.file: {e}") from None
     out: list[Prompt] = []
     seen: dict[str, int] = {}
-    for n, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or (p.suffix != ".jsonl" and line.startswith("#")):
-            continue
-        pid, ref = f"p{len(out):05d}", None
-        if p.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-                text = obj["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{p}:{n}: expected a JSON object with a \"prompt\" field") from None
-            if not isinstance(text, str) or not text.strip():
-                raise ConfigError(f"{p}:{n}: \"prompt\" must be a non-empty string")
-            pid = str(obj.get("id", pid))
-            if obj.get("reference") is not None:
-                ref_path = (p.parent / str(obj["reference"])).resolve()
-                if not ref_path.is_file():
-                    raise ConfigError(f"{p}:{n}: reference file {ref_path} not found")
-                ref = str(ref_path)
-            text = text.strip()
-        else:
-            text = line
+    for n, fields in rows:
+        pid, ref = str(fields.get("id", f"p{len(out):05d}")), None
+        if fields.get("reference") is not None:
+            ref_path = (p.parent / str(fields["reference"])).resolve()
+            if not ref_path.is_file():
+                raise ConfigError(f"{p}:{n}: reference file {ref_path} not found")
+            ref = str(ref_path)
         if not _SAFE_ID.match(pid):
             raise ConfigError(f"{p}:{n}: prompt id {pid!r} must be 1-128 letters, digits, '.', '_' or '-' "
                               "(it names the sample files)")
         if pid in seen:
             raise ConfigError(f"{p}:{n}: prompt id {pid!r} already used on line {seen[pid]}")
         seen[pid] = n
-        out.append(Prompt(pid, text, ref))
+        out.append(Prompt(pid, fields["prompt"], ref))
         if limit is not None and len(out) >= limit:
             break
-    if not out:
-        raise ConfigError(f"prompts.file {p} holds no prompts")
     return out
 
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from training.adapters import load_adapter, loaded_adapters, unload_adapter, verify_effect
 from training.adapters.load import denoiser
 from training.adapters.report import value_counts
 from training.checkpoint import sha256_file
-from training.generate import render, write_sample
+from training.generate import pixels_sha256, render, write_sample
 from training.models import spec_for_folder
 from training.runtime import Precision, resolve_device
 
@@ -123,18 +122,13 @@ class SampleWorker:
         record = dict(row, path=str(final.relative_to(lay.root)), adapter=variant["adapter"],
                       adapter_sha256=variant["sha256"], adapter_scale=variant["scale"],
                       adapter_step=variant.get("step"), settings_hash=s.settings_hash,
-                      output_sha256=_pixels_sha256(pixels), file_sha256=sha256_file(final),
+                      output_sha256=pixels_sha256(pixels), file_sha256=sha256_file(final),
                       shape=list(pixels.shape),
                       timings={"generate_s": round(t1 - t0, 4), "write_s": round(t2 - t1, 4),
                                "start": round(started, 4), "end": round(started + t2 - t0, 4)})
         # The record is written last: its presence is what marks the sample finished.
         write_json_atomic(lay.record(variant["name"], row["sample_id"]), record)
         return record
-
-
-def _pixels_sha256(pixels: np.ndarray) -> str:
-    import hashlib
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
 def _quiet_loading_bars() -> None:

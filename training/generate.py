@@ -43,25 +43,39 @@ class SampleRecord:
     seconds: float
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line (.txt; blank lines and '#' comments skipped) or jsonl with "prompt"."""
+def read_prompt_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, fields) per prompt; ``fields["prompt"]`` is the stripped text.
+
+    ``.txt``: one prompt per line, blank lines and '#' comments skipped. ``.jsonl``: one JSON
+    object per line with a non-empty string "prompt" (other fields, e.g. eval's "id", kept).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompts file not found: {p}")
-    prompts = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or (p.suffix != ".jsonl" and line.startswith("#")):
             continue
-        if p.suffix == ".jsonl":
-            try:
-                line = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{p}:{n}: expected a JSON object with a \"prompt\" field") from None
-        prompts.append(line)
-    if not prompts:
+        if p.suffix != ".jsonl":
+            rows.append((n, {"prompt": line}))
+            continue
+        try:
+            obj = json.loads(line)
+            text = obj["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{p}:{n}: expected a JSON object with a \"prompt\" field") from None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{p}:{n}: \"prompt\" must be a non-empty string")
+        rows.append((n, {**obj, "prompt": text.strip()}))
+    if not rows:
         raise ValueError(f"{p} holds no prompts")
-    return prompts
+    return rows
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompt texts of a .txt or .jsonl prompts file (see :func:`read_prompt_rows`)."""
+    return [fields["prompt"] for _, fields in read_prompt_rows(path)]
 
 
 def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, seed: int = 0,
@@ -100,7 +114,7 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
             adapter_scale=scale if info else None,
             adapter_rank=value_counts(info.ranks) if info else None,
             adapter_alpha=value_counts(info.alphas) if info else None,
-            output_sha256=hashlib.sha256(pixels.tobytes()).hexdigest(), seconds=round(time.perf_counter() - start, 4)))
+            output_sha256=pixels_sha256(pixels), seconds=round(time.perf_counter() - start, 4)))
     with open(out / "samples.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r)) + "\n")
@@ -119,6 +133,11 @@ def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, *, steps: int, gu
                   num_inference_steps=steps, guidance_scale=guidance,
                   max_sequence_length=max_text_length, **spec.sample_kwargs(width, height, frames))
     return to_uint8(result.frames[0] if spec.modality == "video" else result.images[0])
+
+
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """sha256 of the raw uint8 output, before any lossy encoding: compares samples across runs."""
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
 def write_sample(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:

@@ -22,7 +22,7 @@ from training.config import ConfigError
 
 from ..config import EvalConfig
 from ..manifest import EvalLayout, stable_hash
-from ..media import MediaError, read_media, reference_media
+from ..media import MediaError, decode_like_training, read_media, reference_media
 from .base import MetricResult
 
 log = logging.getLogger("lorabench.eval")
@@ -129,7 +129,9 @@ def run_stage(stage: Stage, layout: EvalLayout, group: str, source_key: str,
 
 
 def build_stages(cfg: EvalConfig, modality: str) -> tuple[list[Stage], dict[str, MetricResult]]:
-    """The configured extractors as stages, and a skip result for each metric that cannot run."""
+    """The configured extractors as stages, and a skip result for each metric that cannot run.
+
+    Model paths must exist (:func:`check_inputs`)."""
     from training.runtime import resolve_device
     device = str(resolve_device(cfg.metrics.device))
     m, stages, skips = cfg.metrics, [], {}
@@ -161,8 +163,9 @@ def check_inputs(cfg: EvalConfig) -> None:
     m = cfg.metrics
     for key, path in (("metrics.clip.path", m.clip.path), ("metrics.fvd.i3d_path", m.fvd.i3d_path),
                       ("metrics.fid.extractor", m.fid.extractor)):
-        if path:
-            _existing(path, key)
+        if path and not Path(path).exists():
+            raise ConfigError(f"{key}: {path} does not exist (set it to a local file/folder, or to null to skip "
+                              "the metrics that need it)")
     if cfg.reference.shards:
         from training.data.shards import list_shards
         try:
@@ -171,17 +174,10 @@ def check_inputs(cfg: EvalConfig) -> None:
             raise ConfigError(f"reference.shards: {e}") from None
 
 
-def _existing(path: str, key: str) -> str:
-    if not Path(path).exists():
-        raise ConfigError(f"{key}: {path} does not exist (set it to a local file/folder, or to null to skip "
-                          "the metrics that need it)")
-    return path
-
-
 def _clip_stage(cfg: EvalConfig, device: str, modality: str) -> Stage:
     from .clip import ClipModel, temporal_consistency
     c = cfg.metrics.clip
-    model = ClipModel(_existing(c.path, "metrics.clip.path"), device=device, batch_size=max(cfg.metrics.batch_size, 8),
+    model = ClipModel(c.path, device=device, batch_size=max(cfg.metrics.batch_size, 8),
                       truncate=c.truncate, frames=c.frames)
 
     def fn(batch: Batch) -> dict[str, np.ndarray]:
@@ -211,7 +207,7 @@ def _clip_stage(cfg: EvalConfig, device: str, modality: str) -> Stage:
 def _i3d_stage(cfg: EvalConfig, device: str) -> Stage:
     from .fvd import I3DExtractor
     f = cfg.metrics.fvd
-    ex = I3DExtractor(_existing(f.i3d_path, "metrics.fvd.i3d_path"), frames=f.frames, device=device,
+    ex = I3DExtractor(f.i3d_path, frames=f.frames, device=device,
                       batch_size=cfg.metrics.batch_size)
     return Stage("i3d", ex.describe(), lambda b: {"features": ex.extract([m for _, m, _ in b])}, needs_reference=True)
 
@@ -220,7 +216,7 @@ def _inception_stage(cfg: EvalConfig, device: str, modality: str) -> Stage:
     from .clip import frame_indices
     from .fid import InceptionExtractor
     f = cfg.metrics.fid
-    ex = InceptionExtractor(_existing(f.extractor, "metrics.fid.extractor"), antialias=f.antialias, device=device,
+    ex = InceptionExtractor(f.extractor, antialias=f.antialias, device=device,
                             batch_size=max(cfg.metrics.batch_size, 8))
 
     def fn(batch: Batch) -> dict[str, np.ndarray]:
@@ -260,16 +256,13 @@ def _quality_stage() -> Stage:
 
 def _paired_reference(path: str, media: np.ndarray) -> np.ndarray:
     """The prompt's paired real media at the sample's size and length (decoded like training data)."""
-    from training.data.decode import BadSample, decode_image, decode_video
-    data = Path(path).read_bytes()
+    from training.data.decode import BadSample
+    video = media.ndim == 4
+    frames, height, width = (media.shape[:3] if video else (1, *media.shape[:2]))
     try:
-        if media.ndim == 4:
-            t = decode_video(data, media.shape[0], media.shape[1], media.shape[2]).permute(1, 2, 3, 0)
-        else:
-            t = decode_image(data, media.shape[0], media.shape[1]).permute(1, 2, 0)
+        return decode_like_training(Path(path).read_bytes(), "video" if video else "image", width, height, frames)
     except BadSample as e:
         raise MediaError(f"paired reference {path}: {e}") from None
-    return ((t.clamp(-1, 1) + 1) * 127.5).round().numpy().astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -278,6 +271,7 @@ def _paired_reference(path: str, media: np.ndarray) -> np.ndarray:
 def compute_metrics(cfg: EvalConfig, layout: EvalLayout, info: dict[str, Any], records: list[dict[str, Any]],
                     progress: bool = True) -> dict[str, Any]:
     """Every metric of every variant; returns {"variants", "reference", "per_sample"}."""
+    check_inputs(cfg)  # again: `eval metrics --from DIR` may name new files, or files may have moved
     modality = info["modality"]
     stages, skips = build_stages(cfg, modality)
     nb, seed = cfg.metrics.bootstrap, cfg.seed
