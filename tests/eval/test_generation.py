@@ -176,3 +176,24 @@ def test_every_shipped_eval_config_validates():
     for path in shipped:
         cfg = load_eval_config(path)
         assert cfg.prompts.file and cfg.variants.adapters
+
+
+def test_more_config_errors_name_the_field(tiny_wan, tiny_wan_run, tmp_path):
+    from eval.config import ConfigError
+    from eval.generation import make_plan
+    jl = tmp_path / "refs.jsonl"
+    jl.write_text('{"id": "a", "prompt": "a red circle", "reference": "clips/a.mp4"}\n')
+    with pytest.raises(ConfigError, match="refs.jsonl:1: reference file .*clips/a.mp4 not found"):
+        make_plan(eval_cfg(tiny_wan, tmp_path, f"prompts.file={jl}"))
+    jl.write_text('{"id": "a/b", "prompt": "a red circle"}\n')
+    with pytest.raises(ConfigError, match="refs.jsonl:1: prompt id 'a/b' must be 1-128 letters"):
+        make_plan(eval_cfg(tiny_wan, tmp_path, f"prompts.file={jl}"))
+    jl.write_text('{"id": "a", "prompt": ""}\n')
+    with pytest.raises(ConfigError, match="prompts.file: .*refs.jsonl:1: \"prompt\" must be a non-empty string"):
+        make_plan(eval_cfg(tiny_wan, tmp_path, f"prompts.file={jl}"))
+    with pytest.raises(ConfigError, match="variant names collide: \\['same.step-0000004@1'\\]; give the adapters distinct"):
+        make_plan(eval_cfg(tiny_wan, tmp_path, f"variants.adapters=[{{path: {tiny_wan_run}, name: same, "
+                                               f"checkpoints: latest}}, {{path: {tiny_wan_run}, name: same, "
+                                               "checkpoints: latest}]"))
+    with pytest.raises(ConfigError, match="metrics.fvd.frames=16 but samples have sampling.frames=9"):
+        eval_cfg(tiny_wan, tmp_path, "metrics.enabled=true", "metrics.fvd.frames=16")
