@@ -33,7 +33,19 @@ class ModelConfig(_Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Compute dtype; LoRA weights and optimizer state stay fp32."
+        "fp32", description="Denoiser weights and compute dtype (autocast); LoRA masters and optimizer "
+                            "state stay fp32 under every engine."
+    )
+    vae_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="VAE weights and encode dtype. fp32 as in Wan's reference VAE and diffusers' docs."
+    )
+    text_encoder_dtype: Optional[Literal["fp32", "bf16", "fp16"]] = Field(
+        None, description="Text encoder dtype; null: the same as mixed_precision (Wan's reference runs umT5 "
+                          "in bf16)."
+    )
+    offload_encoders: bool = Field(
+        False, description="Keep the text encoder(s) and VAE in CPU memory and move each to the accelerator "
+                           "only while it encodes (saves their bytes on the GPU, costs a copy per step)."
     )
 
 
@@ -63,6 +75,11 @@ class DataConfig(_Section):
     )
     max_text_length: Optional[int] = Field(
         None, ge=1, description="Text encoder sequence length; null uses the spec default."
+    )
+    fps: Optional[float] = Field(
+        None, gt=0, le=240, description="Resample clips to this frame rate (nearest frame by timestamp) before "
+                                        "taking data.frames; null: the clip's native rate (set it to the model's "
+                                        "rate: 16 for Wan2.1, 24 for Wan2.2-TI2V-5B)."
     )
 
 

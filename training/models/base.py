@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..precision import ComponentDtypes, component_role
 
 class ModelFolderError(ValueError):
     """The model folder is missing, incomplete or of another family."""
@@ -103,10 +104,25 @@ class ModelSpec(ABC):
 
     # ---------------------------------------------------------------- heavy work
 
-    def load_pipeline(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Any:
-        """Load the full diffusers pipeline from a local folder (never from a hub)."""
+    def load_pipeline(self, path: str | Path, dtype: "torch.dtype | ComponentDtypes" = torch.float32) -> Any:
+        """Load the full diffusers pipeline from a local folder (never from a hub).
+
+        ``dtype`` is one dtype for everything, or :class:`ComponentDtypes` (denoiser, VAE and
+        text encoders each their own). Loading with a dtype, rather than ``.to(dtype)`` after,
+        keeps the modules diffusers marks ``_keep_in_fp32_modules`` in fp32.
+        """
+        index = self.read_model_index(path)
         self.validate_folder(path)
+        if isinstance(dtype, ComponentDtypes):
+            dtype = dtype.for_pipeline([k for k, v in index.items() if not k.startswith("_")
+                                        and isinstance(v, list) and v[0] is not None])
         return self.pipeline_cls.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+
+    def components(self, path: str | Path) -> list[str]:
+        """Names of the model components present in the folder (model_index.json order)."""
+        index = self.read_model_index(path)
+        return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)
+                and v[0] is not None and component_role(k)]
 
     @abstractmethod
     def encode_text(self, pipe: Any, captions: list[str], device: torch.device,

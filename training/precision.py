@@ -1,0 +1,92 @@
+"""Which dtype each pipeline component is loaded in, decided once from the config.
+
+A diffusion pipeline is three kinds of module with different precision needs:
+
+- the **denoiser** (transformer/unet): frozen base weights in the compute dtype (bf16 on GPUs),
+  except the modules diffusers keeps in fp32 (``_keep_in_fp32_modules``, e.g. Wan's
+  ``scale_shift_table`` and norms), which loading with a dtype honours and a blanket
+  ``.to(dtype)`` would destroy;
+- the **VAE**: fp32 by default. Wan's reference VAE runs in fp32 and diffusers' Wan docs load
+  ``AutoencoderKLWan`` with ``torch_dtype=torch.float32`` next to a bf16 pipeline;
+- the **text encoder(s)**: the compute dtype unless set (Wan's reference runs umT5 in bf16,
+  ``t5_dtype = torch.bfloat16`` in ``wan/configs/shared_config.py``).
+
+LoRA weights are not a component: they are created (training) or loaded (peft upcasts adapters
+on half-precision layers) in fp32, and stay the fp32 masters under every engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+#: pipeline attribute prefixes -> role
+_ROLE_PREFIXES = (("transformer", "denoiser"), ("unet", "denoiser"), ("vae", "vae"),
+                  ("text_encoder", "text"), ("image_encoder", "text"))
+
+
+def component_role(name: str) -> Optional[str]:
+    """'denoiser' | 'vae' | 'text' for a pipeline component name; None for non-modules."""
+    for prefix, role in _ROLE_PREFIXES:
+        if name == prefix or name.startswith(prefix + "_"):
+            return role
+    return None
+
+
+@dataclass(frozen=True)
+class ComponentDtypes:
+    """dtype names per role (``fp32`` | ``bf16`` | ``fp16``)."""
+
+    denoiser: str = "fp32"
+    vae: str = "fp32"
+    text: str = "fp32"
+
+    @classmethod
+    def resolve(cls, denoiser: str, vae: str = "fp32", text: Optional[str] = None) -> "ComponentDtypes":
+        for name in (denoiser, vae, text or denoiser):
+            if name not in DTYPES:
+                raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+        return cls(denoiser=denoiser, vae=vae, text=text or denoiser)
+
+    @classmethod
+    def from_model_config(cls, model_cfg) -> "ComponentDtypes":  # training.config.ModelConfig
+        return cls.resolve(model_cfg.mixed_precision, model_cfg.vae_dtype, model_cfg.text_encoder_dtype)
+
+    def name_for(self, component: str) -> str:
+        role = component_role(component)
+        return getattr(self, role) if role else self.denoiser
+
+    def dtype_for(self, component: str) -> torch.dtype:
+        return DTYPES[self.name_for(component)]
+
+    def for_pipeline(self, components: Iterable[str]) -> dict[str, torch.dtype]:
+        """The ``dtype=`` mapping for ``DiffusionPipeline.from_pretrained`` (per component)."""
+        out = {c: self.dtype_for(c) for c in components if component_role(c)}
+        out["default"] = DTYPES[self.denoiser]
+        return out
+
+    def to_dict(self) -> dict[str, str]:
+        return {"denoiser": self.denoiser, "vae": self.vae, "text": self.text}
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a model's inputs must have: the dtype of its weights outside the fp32-kept modules.
+
+    ``next(model.parameters())`` is wrong for models that keep some modules in fp32 (Wan's first
+    parameter is the fp32 ``scale_shift_table``); diffusers' ``ModelMixin.dtype`` skips them.
+    LoRA parameters (fp32 masters) are skipped too.
+    """
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    counts: dict[torch.dtype, int] = {}
+    for name, p in model.named_parameters():
+        if not p.is_floating_point() or "lora_" in name or any(k in name.split(".") for k in keep):
+            continue
+        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    if not counts:
+        return torch.float32
+    return max(counts, key=counts.get)  # the dtype most weights have
