@@ -100,10 +100,21 @@ def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
         if have != "auto" and have != value:
             raise ConfigError(f"{src}: {key}={have} disagrees with {field}={value}; set it to \"auto\"")
         ds[key] = value
+    # bf16 is lorabench's own (bf16 frozen weights + autocast, fp32 LoRA), not DeepSpeed's: its
+    # bf16 mode casts the whole module, so the fp32-kept modules (Wan's scale_shift_table, norms)
+    # and the LoRA weights themselves would become bf16, multi-rank runs would compute unlike
+    # single-process ones, and ZeRO-0 would save bf16-rounded adapters. The trainable LoRA
+    # weights are fp32 and tiny, so DeepSpeed runs in fp32 mode on them: they are the masters.
+    # fp16 (GPUs without bf16) still uses DeepSpeed's loss scaling and fp32 master copies.
     for name in ("bf16", "fp16"):
         section = ds.setdefault(name, {})
-        want = mp == name
-        if section.get("enabled", "auto") not in ("auto", want):
+        want = mp == name and name == "fp16"
+        have = section.get("enabled", "auto")
+        if name == "bf16" and have is True and mp == "bf16":
+            raise ConfigError(f"{src}: bf16.enabled=true: remove it or set it to \"auto\". model.mixed_precision="
+                              "bf16 is done by lorabench (bf16 base weights, autocast, fp32 LoRA masters); "
+                              "DeepSpeed's bf16 mode would cast the fp32-kept modules and the LoRA to bf16")
+        if have not in ("auto", want) and not (name == "bf16" and have is False):
             raise ConfigError(f"{src}: {name}.enabled={section['enabled']} disagrees with "
                               f"model.mixed_precision={mp}; set it to \"auto\"")
         section["enabled"] = want
@@ -123,7 +134,9 @@ class AccelerateEngine(Engine):
         self.stage = int(self.ds_config["zero_optimization"]["stage"])
         backend = "nccl" if device.type == "cuda" else "gloo"
         plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config)
-        mixed = {"fp32": "no"}.get(precision.name, precision.name)
+        # accelerate's bf16 would switch DeepSpeed's bf16 mode on (see resolve_deepspeed_config);
+        # the trainer autocasts itself.
+        mixed = "fp16" if precision.name == "fp16" else "no"
         # cpu=False even on CPU: accelerate's cpu=True silently drops the DeepSpeed plugin.
         self.acc = Accelerator(cpu=False, deepspeed_plugin=plugin, mixed_precision=mixed,
                                gradient_accumulation_steps=cfg.train.grad_accum,

@@ -90,3 +90,25 @@ def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     if not counts:
         return torch.float32
     return max(counts, key=counts.get)  # the dtype most weights have
+
+
+def dtype_census(model: torch.nn.Module) -> dict[str, dict[str, int]]:
+    """Parameter counts per dtype, frozen and trainable apart (``result.json``, tests).
+
+    Proves what ran: e.g. bf16 frozen weights, fp32 kept modules, fp32 LoRA masters.
+    """
+    out: dict[str, dict[str, int]] = {"frozen": {}, "trainable": {}}
+    for name, p in model.named_parameters():
+        part = out["trainable" if p.requires_grad else "frozen"]
+        t = getattr(p, "ds_tensor", None)  # ZeRO-3: the partition holds the real dtype and size
+        n = p.ds_numel if t is not None and hasattr(p, "ds_numel") else p.numel()
+        key = DTYPE_NAMES.get(p.dtype, str(p.dtype))
+        part[key] = part.get(key, 0) + n
+    return out
+
+
+def kept_fp32_dtypes(model: torch.nn.Module) -> dict[str, str]:
+    """dtype of every parameter inside the model's ``_keep_in_fp32_modules`` (name -> dtype)."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return {n: DTYPE_NAMES.get(p.dtype, str(p.dtype)) for n, p in model.named_parameters()
+            if "lora_" not in n and any(k in n.split(".") for k in keep)}

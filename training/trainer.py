@@ -43,13 +43,16 @@ from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, inject_lora, lora_named_parameters
                    peft_config, write_adapter)
 from .models import ModelSpec, get_spec
 from .objectives import noisy_and_target, sample_sigmas, shift_sigmas
+from .placement import Placement
+from .precision import ComponentDtypes, dtype_census, kept_fp32_dtypes
 from .runtime import Precision, apply_attention, peak_memory_bytes, resolve_attention, resolve_device
 from .schedule import lr_at
 
 log = logging.getLogger("lorabench.train")
 
 # Config fields that must not change between a checkpoint and the run resuming from it.
-_RESUME_INVARIANTS = ["seed", "model.family", "model.path", "model.mixed_precision", "lora",
+_RESUME_INVARIANTS = ["seed", "model.family", "model.path", "model.mixed_precision", "model.vae_dtype",
+                      "model.text_encoder_dtype", "data.fps", "lora",
                       "data.shards", "data.width", "data.height", "data.frames",
                       "data.shuffle_buffer", "train.batch_size", "train.grad_accum",
                       "train.timestep_sampling", "train.logit_mean", "train.logit_std", "optim.lr",
@@ -166,10 +169,11 @@ class Trainer:
         self.engine = make_engine(cfg, self.device, self.precision)
         self.device, self.precision = self.engine.device, self.engine.precision
         log.info("engine: %s", self.engine.description)
+        self.dtypes = ComponentDtypes.from_model_config(cfg.model)
         with self.engine.model_loading():
-            self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.precision.dtype)
-        self.pipe.to(self.device)
+            self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.dtypes)
         self.pipe.set_progress_bar_config(disable=True)
+        self.placement = Placement.for_pipeline(self.pipe, self.device, cfg.model.offload_encoders)
         for name, module in self.pipe.components.items():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False).eval()
@@ -187,6 +191,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                       weight_decay=o.weight_decay)
         self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
+        kept = kept_fp32_dtypes(self.model)
+        self.param_dtypes = {**dtype_census(self.model),
+                             "kept_fp32_modules": sorted(set(kept.values()))}
+        if any(d != "fp32" for d in kept.values()):
+            # An engine that casts the whole module (DeepSpeed's bf16/fp16 modes) computes
+            # differently from the single-process run: say so, never silently.
+            log.warning("modules diffusers keeps in fp32 are not fp32 under %s: %s",
+                        self.engine.description, sorted(set(kept.values())))
         self.generator = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * self.rank)
         self.counter = SkipCounter()
         # Balanced epochs: every rank yields the same number of samples per epoch whatever the
@@ -197,7 +209,7 @@ class Trainer:
                                   height=cfg.data.height, width=cfg.data.width, seed=cfg.seed,
                                   rank=self.rank, world_size=self.world_size,
                                   shuffle_buffer=cfg.data.shuffle_buffer, counter=self.counter,
-                                  sample_counts=counts, batch_size=cfg.train.batch_size)
+                                  sample_counts=counts, batch_size=cfg.train.batch_size, fps=cfg.data.fps)
         self.shift = self.spec.flow_shift(self.pipe)
         self.num_timesteps = self.spec.num_train_timesteps(self.pipe)
         self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length
@@ -253,8 +265,10 @@ class Trainer:
     def _micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
         pixels = batch["pixels"].to(self.device)
         with torch.no_grad():
-            latents = self.spec.encode_pixels(self.pipe, pixels, self.generator).float()
-            cond = self.spec.encode_text(self.pipe, batch["captions"], self.device, self.max_text)
+            with self.placement.use("vae"):
+                latents = self.spec.encode_pixels(self.pipe, pixels, self.generator).float()
+            with self.placement.use(*self.placement.text_encoders):
+                cond = self.spec.encode_text(self.pipe, batch["captions"], self.device, self.max_text)
         b = latents.shape[0]
         t = self.cfg.train
         # Noise and sigmas drawn on CPU from our generator: identical on any device and resumable.
@@ -333,8 +347,10 @@ class Trainer:
             "lora": {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
                      "target_modules": sorted(self.lora_cfg.target_modules),
                      "adapted_modules": len(self.adapted)},
-            "data": {"width": cfg.data.width, "height": cfg.data.height, "frames": cfg.data.frames},
+            "data": {"width": cfg.data.width, "height": cfg.data.height, "frames": cfg.data.frames,
+                     "fps": cfg.data.fps},
             "mixed_precision": cfg.model.mixed_precision,
+            "component_dtypes": self.dtypes.to_dict(),
             "libraries": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                           "peft": peft.__version__},
         }
@@ -463,6 +479,7 @@ class Trainer:
                 "world_size": self.world_size, "engine": self.engine.description,
                 "final_checkpoint": str(final) if final else None,
                 "memory_per_rank": self.memory_per_rank,
+                "component_dtypes": self.dtypes.to_dict(), "param_dtypes": self.param_dtypes,
                 "losses": {str(k): v for k, v in result.losses.items()}}
         tmp = self.layout.root / f".{RESULT_FILE}.tmp"
         tmp.write_text(json.dumps(body, indent=2))

@@ -24,7 +24,9 @@ def test_shipped_deepspeed_configs_resolve(name, stage):
     assert ds["zero_optimization"]["stage"] == stage
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (4, 2)
     assert ds["train_batch_size"] == 4 * 2 * 4 and ds["gradient_clipping"] == 0.5
-    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    # bf16 is lorabench's (bf16 base + autocast + fp32 LoRA masters): DeepSpeed's bf16 mode stays
+    # off, or it would cast the fp32-kept modules and the LoRA masters to bf16.
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
     assert "auto" not in json.dumps(ds)
 
 
@@ -48,6 +50,14 @@ def test_conflicting_deepspeed_json_is_refused(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message) as e:
         resolve_deepspeed_config(_cfg(f"deepspeed.config={path}"), 1)
     assert str(path) in str(e.value)
+
+
+def test_deepspeed_bf16_mode_is_refused_with_the_reason(tmp_path):
+    from training.distributed import resolve_deepspeed_config
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"bf16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="would cast the fp32-kept modules and the LoRA to bf16"):
+        resolve_deepspeed_config(_cfg(f"deepspeed.config={path}", "model.mixed_precision=bf16"), 1)
 
 
 def test_missing_or_broken_deepspeed_json(tmp_path):

@@ -10,8 +10,11 @@ Every rejection raises :class:`BadSample` with a short machine-readable ``reason
 from __future__ import annotations
 
 import io
+import itertools
 import json
-from typing import Any, Optional
+import math
+from fractions import Fraction
+from typing import Any, Iterator, Optional
 
 import av
 import numpy as np
@@ -144,36 +147,141 @@ def _sniff_video_format(data: bytes) -> str:
     raise BadSample("undecodable_media", "not an MP4 or WebM/Matroska container")
 
 
-def decode_video(data: bytes, frames: int, height: int, width: int) -> torch.Tensor:
+def _checked_frames(decoded: Iterator[av.VideoFrame], height: int, width: int) -> Iterator[av.VideoFrame]:
+    """Pass decoded frames through, rejecting sources too small for the target or changing size."""
+    src_size: Optional[tuple[int, int]] = None
+    for frame in decoded:
+        if src_size is None:
+            src_size = (frame.height, frame.width)
+            # Check on the first frame so too-small clips cost one frame of decoding.
+            _check_size(frame.height, frame.width, height, width)
+        elif (frame.height, frame.width) != src_size:
+            raise BadSample("undecodable_media", "frame size changes within the clip")
+        yield frame
+
+
+def _frame_pixels(frame: av.VideoFrame, height: int, width: int) -> torch.Tensor:
+    """One decoded frame -> float32 ``(3, height, width)`` in [-1, 1]."""
+    rgb = frame.to_ndarray(format="rgb24")  # (h, w, 3) uint8
+    # Resize frame by frame: a whole HD clip as float32 would need gigabytes.
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+    return _resize_crop(pixels, height, width)[0]
+
+
+def _stream_rate(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's average frame rate; resampling cannot work without one."""
+    rate = stream.average_rate
+    if rate is None or rate <= 0:
+        raise BadSample("undecodable_media", f"the video stream has no valid frame rate ({rate})")
+    return Fraction(rate)
+
+
+def _frame_time(frame: av.VideoFrame, index: int, time_base: Optional[Fraction], rate: Fraction) -> Fraction:
+    """Presentation time in seconds, exact (Fractions: ties between frames must stay ties)."""
+    if frame.pts is not None and time_base is not None:
+        return frame.pts * Fraction(time_base)
+    return index / rate  # no timestamp: assume constant rate from the start
+
+
+def _fps_text(rate: Fraction | float) -> str:
+    return f"{float(rate):.4g}"  # 30, 29.97, 23.98
+
+
+def _resampled(
+    decoded: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, frames: int, fps: float
+) -> Iterator[av.VideoFrame]:
+    """Yield ``frames`` decoded frames at ``fps``: the nearest one in time to each target.
+
+    Target k is at ``t0 + k / fps`` (``t0``: the first frame's time). A frame is yielded again
+    when it is the nearest to several targets (source slower than ``fps``) and never when it
+    is the nearest to none (source faster). Each target is settled by the first frame at or
+    after it, so decoding stops at most one frame past the last frame used. Yields nothing for a clip
+    with no frames (the caller reports that).
+    """
+    rate = _stream_rate(stream)
+    step = 1 / Fraction(fps)
+    t0: Optional[Fraction] = None
+    prev: Optional[av.VideoFrame] = None
+    prev_t = Fraction(0)
+    k = 0
+    for index, frame in enumerate(decoded):
+        t = _frame_time(frame, index, stream.time_base, rate)
+        if t0 is None:
+            t0 = t
+        elif t < prev_t:
+            # Targets are settled in time order; a clock that runs backwards has no "nearest".
+            raise BadSample("undecodable_media", f"presentation times go backwards at frame {index}")
+        # Invariant: every target not yet settled is later than prev_t.
+        while k < frames and t >= t0 + k * step:
+            target = t0 + k * step
+            # Ties go to the earlier frame: resampling never looks ahead of a target.
+            use_prev = prev is not None and target - prev_t <= t - target
+            yield prev if use_prev else frame
+            k += 1
+        if k == frames:
+            return
+        prev, prev_t = frame, t
+    if prev is None or t0 is None:
+        return
+    # The last frame is shown until one frame period after its time: targets before that
+    # take it, later ones are past the end of the clip.
+    end = prev_t + 1 / rate
+    if t0 + (frames - 1) * step >= end:
+        raise BadSample(
+            "too_few_frames",
+            f"clip has {float(end - t0):.2f} s at {_fps_text(rate)} fps; {frames} frames at "
+            f"{_fps_text(fps)} fps need more than {float((frames - 1) * step):.2f} s",
+        )
+    while k < frames:
+        yield prev
+        k += 1
+
+
+def decode_video(
+    data: bytes, frames: int, height: int, width: int, fps: Optional[float] = None
+) -> torch.Tensor:
     """Decode a video into a float32 ``(3, frames, height, width)`` tensor in [-1, 1].
 
-    Frame sampling: the first ``frames`` decoded frames of the first video stream, at the
-    clip's native frame rate (no temporal resampling, no random offset), so the result is a
-    pure function of the bytes. Each frame is resized aspect-preserving so the target is
-    just covered, then centre-cropped (see ``_resize_crop``).
+    Clip selection: always from the first decoded frame of the first video stream (no random
+    offset), so the result is a pure function of the bytes (and the arguments).
 
-    Raises ``BadSample``: ``undecodable_media`` (PyAV error, no video stream, zero frames),
-    ``too_small`` (source smaller than the target in either dimension), ``too_few_frames``.
+    Frame sampling: with ``fps=None``, the first ``frames`` decoded frames at the clip's
+    native rate. With ``fps``, the clip is resampled by timestamp: output frame k is the
+    decoded frame whose presentation time (``pts * time_base``; ``index / average_rate``
+    when a frame has no pts) is the nearest to ``t0 + k / fps``, ``t0`` being the first
+    frame's time, the earlier frame on a tie. Frames repeat when the source rate is below
+    ``fps`` and are skipped when it is above; the clip counts as lasting until one frame
+    period (``1 / average_rate``) after its last frame. Decoding stops as soon as the last
+    frame needed is known.
+
+    Each kept frame is resized aspect-preserving so the target is just covered, then
+    centre-cropped (see ``_resize_crop``).
+
+    Raises ``BadSample``: ``undecodable_media`` (PyAV error, no video stream, zero frames;
+    with ``fps``, also no valid stream rate or timestamps that go backwards), ``too_small``
+    (source smaller than the target in either dimension), ``too_few_frames`` (with ``fps``,
+    the message names the clip's duration and the duration needed).
     """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number or None, got {fps!r}")
     out: list[torch.Tensor] = []
-    src_size: Optional[tuple[int, int]] = None
     try:
         with av.open(io.BytesIO(data), mode="r", format=_sniff_video_format(data)) as container:
             if not container.streams.video:
                 raise BadSample("undecodable_media", "no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                if src_size is None:
-                    src_size = (frame.height, frame.width)
-                    # Check on the first frame so too-small clips cost one frame of decoding.
-                    _check_size(frame.height, frame.width, height, width)
-                elif (frame.height, frame.width) != src_size:
-                    raise BadSample("undecodable_media", "frame size changes within the clip")
-                rgb = frame.to_ndarray(format="rgb24")  # (h, w, 3) uint8
-                # Resize frame by frame: a whole HD clip as float32 would need gigabytes.
-                pixels = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
-                out.append(_resize_crop(pixels, height, width)[0])
-                if len(out) == frames:
-                    break
+            stream = container.streams.video[0]
+            decoded = _checked_frames(container.decode(stream), height, width)
+            if fps is None:
+                picked = itertools.islice(decoded, frames)
+            else:
+                picked = _resampled(decoded, stream, frames, fps)
+            last: Optional[av.VideoFrame] = None
+            for frame in picked:
+                # A repeated frame (source slower than fps) is converted once.
+                out.append(out[-1] if frame is last else _frame_pixels(frame, height, width))
+                last = frame
     except BadSample:
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError, RuntimeError) as exn:

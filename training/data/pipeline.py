@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional
@@ -247,6 +248,9 @@ class ShardStream:
     share again when bad samples leave it short (see the module docstring). ``last_plan``
     holds the current epoch's :class:`EpochPlan` (None without ``sample_counts``). Without
     them an epoch is one pass over the rank's share and ``batch_size`` is unused.
+
+    ``fps`` (video only) resamples each clip to that frame rate before taking ``frames``
+    frames (see :func:`~training.data.decode.decode_video`); None keeps the native rate.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class ShardStream:
         counter: Optional[SkipCounter] = None,
         sample_counts: Optional[Mapping[str, int]] = None,
         batch_size: int = 1,
+        fps: Optional[float] = None,
     ) -> None:
         if modality not in ("video", "image"):
             raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
@@ -273,10 +278,13 @@ class ShardStream:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive number or None, got {fps!r}")
         self.shards = list(shards)
         shard_assignment(self.shards, seed, 0, rank, world_size)  # fail now, not at first batch
         self.modality = modality
         self.frames, self.height, self.width = frames, height, width
+        self.fps = fps  # video only: resample clips to this rate (None: native rate)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle_buffer = shuffle_buffer
         self.counter = counter if counter is not None else SkipCounter()
@@ -341,7 +349,7 @@ class ShardStream:
             caption = caption_of(sample)  # cheap checks first: no decoding for caption-less samples
             _, data = media_of(sample, self.modality)
             if self.modality == "video":
-                pixels = decode_video(data, self.frames, self.height, self.width)
+                pixels = decode_video(data, self.frames, self.height, self.width, fps=self.fps)
             else:
                 pixels = decode_image(data, self.height, self.width)
         except BadSample as exn:
@@ -443,7 +451,7 @@ class ShardStream:
         listed = ", ".join(shards[:5]) + (" ..." if len(shards) > 5 else "")
         need = f"at least {self.width}x{self.height}"
         if self.modality == "video":
-            need += f" and {self.frames} frames"
+            need += f" and {self.frames} frames" + (f" at {self.fps:g} fps" if self.fps is not None else "")
         return DataError(
             f"epoch {epoch} produced no usable samples on rank {self.rank} from shards {listed} "
             f"({consumed} raw samples; {self.counter.summary()}).\n{self.counter.examples_text()}\n"

@@ -64,7 +64,9 @@ class WanSpec(ModelSpec):
         if pixels.ndim != 5:
             raise ValueError(f"Wan expects video pixels (B,C,F,H,W), got shape {tuple(pixels.shape)}")
         dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        z = dist.sample(generator=generator)
+        # The posterior mean, as Wan's reference does (WanVAE.encode returns mu, no sampling);
+        # ``generator`` is unused, so the noise stream does not depend on the VAE.
+        z = dist.mode().float()
         mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
         return (z - mean) / std  # inverse of the pipeline's `latents / (1/std) + mean`
