@@ -59,7 +59,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     records = generate(args.model, prompts, args.out, seed=args.seed, adapter=args.adapter,
                        scale=args.scale, width=args.width, height=args.height, frames=args.frames,
-                       steps=args.steps, guidance=args.guidance, device=args.device)
+                       steps=args.steps, guidance=args.guidance, shift=args.shift,
+                       negative_prompt=args.negative_prompt, fps=args.fps, max_text_length=args.max_text_length,
+                       dtype=args.dtype, vae_dtype=args.vae_dtype, text_encoder_dtype=args.text_encoder_dtype,
+                       offload=args.offload, device=args.device)
+    if records:
+        st = records[0].settings
+        print(f"settings: {st['width']}x{st['height']}x{st['frames']} @ {st['fps']} fps, {st['steps']} steps, "
+              f"guidance {st['guidance']}, shift {st['shift']}, dtypes {st['dtypes']} "
+              f"(unset values from: {st['defaults_source']})")
     for r in records:
         print(f"{r.path}  seed={r.seed}  {r.prompt!r}")
     print(f"{len(records)} samples in {args.out} (records: {Path(args.out) / 'samples.jsonl'})")
@@ -163,11 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", required=True, help="prompts file: .txt (one per line) or .jsonl")
     g.add_argument("--seed", type=int, default=0, help="base seed; sample i uses sample_seed(seed, i)")
     g.add_argument("--out", required=True, help="output folder (sample-0000.mp4|png, samples.jsonl)")
-    g.add_argument("--width", type=int, default=64)
-    g.add_argument("--height", type=int, default=64)
-    g.add_argument("--frames", type=int, default=9, help="frames (video models)")
-    g.add_argument("--steps", type=int, default=20, help="denoising steps")
-    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    card = " (default: the model card's, e.g. Wan2.2-TI2V-5B 1280x704x121 @ 24 fps)"
+    g.add_argument("--width", type=int, default=None, help="width" + card)
+    g.add_argument("--height", type=int, default=None, help="height (default: the model card's)")
+    g.add_argument("--frames", type=int, default=None, help="frames, video models (default: the model card's)")
+    g.add_argument("--fps", type=int, default=None, help="frame rate written into the mp4 (default: the model's)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model card's)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the card's)")
+    g.add_argument("--shift", type=float, default=None, help="scheduler flow shift (default: the card's, else "
+                   "the folder's scheduler)")
+    g.add_argument("--negative-prompt", default=None, help="negative prompt (default: the model's reference one, "
+                   "e.g. Wan's sample_neg_prompt; '' for none)")
+    g.add_argument("--max-text-length", type=int, default=None, help="text tokens (default: the spec's)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="denoiser and text encoder dtype; auto: bf16 on a GPU, fp32 on CPU")
+    g.add_argument("--vae-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="VAE dtype (fp32, as Wan's "
+                   "reference)")
+    g.add_argument("--text-encoder-dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="text encoder dtype (default: --dtype)")
+    g.add_argument("--offload", action="store_true", help="diffusers model CPU offload: one component on the GPU "
+                   "at a time (needs CUDA)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.set_defaults(func=cmd_generate)
 

@@ -21,7 +21,12 @@ class _Section(BaseModel):
 class EvalModelConfig(_Section):
     path: str = Field(..., description="Local diffusers folder of the base model (model_index.json).")
     revision: Optional[str] = Field(None, description="Base model revision, recorded in results.json.")
-    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Pipeline dtype for generation.")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Denoiser (and text encoder) dtype for "
+                                                   "generation; bf16 on GPUs.")
+    vae_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="VAE dtype (fp32, as Wan's reference "
+                                                       "and diffusers' docs).")
+    text_encoder_dtype: Optional[Literal["fp32", "bf16", "fp16"]] = Field(
+        None, description="Text encoder dtype; null: model.dtype.")
 
 
 class AdapterEntry(_Section):
@@ -73,14 +78,24 @@ class ReferenceConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    width: int = Field(64, ge=8, le=8192, description="Output width in pixels.")
-    height: int = Field(64, ge=8, le=8192, description="Output height in pixels.")
-    frames: int = Field(9, ge=1, le=1024, description="Frames per video (1 for image models).")
-    steps: int = Field(20, ge=1, le=1000, description="Denoising steps.")
-    guidance: float = Field(5.0, ge=0.0, description="Classifier-free guidance scale.")
-    fps: int = Field(16, ge=1, le=240, description="Frame rate written into the mp4 files.")
+    # null = the model card's value for the model in model.path (training.models: sampling_defaults),
+    # resolved before generation and recorded in eval.json.
+    width: Optional[int] = Field(None, ge=8, le=8192, description="Output width in pixels; null: the model card's.")
+    height: Optional[int] = Field(None, ge=8, le=8192, description="Output height in pixels; null: the model card's.")
+    frames: Optional[int] = Field(None, ge=1, le=1024, description="Frames per video (1 for image models); null: "
+                                  "the model card's.")
+    steps: Optional[int] = Field(None, ge=1, le=1000, description="Denoising steps; null: the model card's.")
+    guidance: Optional[float] = Field(None, ge=0.0, description="Classifier-free guidance scale; null: the card's.")
+    shift: Optional[float] = Field(None, gt=0.0, description="Scheduler flow shift; null: the card's, else the "
+                                   "folder's scheduler config.")
+    negative_prompt: Optional[str] = Field(None, description="Negative prompt; null: the model's reference one "
+                                           "(Wan: sample_neg_prompt), '' for none.")
+    fps: Optional[int] = Field(None, ge=1, le=240, description="Frame rate written into the mp4 files; null: the "
+                               "model's (Wan2.1 16, Wan2.2-TI2V-5B 24).")
     max_text_length: Optional[int] = Field(None, ge=1, description="Text sequence length; null: the spec default.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where actors generate.")
+    offload: bool = Field(False, description="diffusers model CPU offload on each actor: one component on its GPU "
+                          "at a time (needs CUDA).")
 
 
 class EvalParallelConfig(_Section):
@@ -142,7 +157,8 @@ class EvalConfig(_Section):
         if not self.variants.base and not self.variants.adapters:
             raise ValueError("nothing to evaluate: set variants.base=true or list variants.adapters")
         fvd = self.metrics.fvd
-        if self.metrics.enabled and fvd.i3d_path and self.sampling.frames > 1 and fvd.frames > self.sampling.frames:
+        frames = self.sampling.frames
+        if self.metrics.enabled and fvd.i3d_path and frames is not None and frames > 1 and fvd.frames > frames:
             raise ValueError(f"metrics.fvd.frames={fvd.frames} but samples have sampling.frames={self.sampling.frames}: "
                              f"FVD takes the first {fvd.frames} frames of each video; lower metrics.fvd.frames")
         return self

@@ -19,12 +19,16 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 from tqdm.auto import tqdm
 
 from training.checkpoint import sha256_file
-from training.config import ConfigError
+from pydantic import ValidationError
+
+from training.config import ConfigError, format_errors
+from training.generate import SamplingSettings
 from training.models import spec_for_folder
+from training.precision import ComponentDtypes
 
 from .config import EvalConfig
 from .manifest import EvalLayout, ManifestRow, build_manifest, stable_hash, write_json_atomic, write_jsonl
-from .prompts import PromptSkip, check_lengths, load_prompts, token_counts
+from .prompts import Prompt, PromptSkip, check_lengths, load_prompts, token_counts
 from .variants import Variant, resolve_variants
 from .worker import SampleWorker, WorkerSettings
 
@@ -65,10 +69,33 @@ class Executor(Protocol):
         """Run every task of ``plan``; call ``on_done`` with each task's result as it finishes."""
 
 
+def resolve_sampling(cfg: EvalConfig, spec: Any) -> tuple[EvalConfig, SamplingSettings]:
+    """``cfg`` with every null sampling field set to the model card's value, and the settings.
+
+    The resolved config is what eval.json records and what the metrics stage reads, so a
+    re-run or ``eval metrics --from`` never depends on defaults that may change.
+    """
+    s, m = cfg.sampling, cfg.model
+    settings = SamplingSettings.resolve(
+        spec, m.path, dtypes=ComponentDtypes.resolve(m.dtype, m.vae_dtype, m.text_encoder_dtype), offload=s.offload,
+        width=s.width, height=s.height, frames=s.frames, fps=s.fps, steps=s.steps, guidance=s.guidance,
+        shift=s.shift, negative_prompt=s.negative_prompt, max_text_length=s.max_text_length)
+    filled = {k: getattr(settings, k) for k in ("width", "height", "frames", "fps", "steps", "guidance", "shift",
+                                                  "negative_prompt", "max_text_length")}
+    data = cfg.to_dict()
+    data["sampling"].update(filled)
+    try:  # re-validate: e.g. metrics.fvd.frames against the now-known frame count
+        return EvalConfig.model_validate(data), settings
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, f"{cfg.name} (sampling defaults from {settings.defaults_source})",
+                                        EvalConfig)) from None
+
+
 def make_plan(cfg: EvalConfig) -> Plan:
     """Everything decided before a model loads; writes eval.json and manifest.jsonl."""
     spec = spec_for_folder(cfg.model.path)
     spec.validate_folder(cfg.model.path)
+    cfg, sampling = resolve_sampling(cfg, spec)
     s = cfg.sampling
     problems = spec.geometry(cfg.model.path).check(s.width, s.height, s.frames)
     if problems:
@@ -79,23 +106,31 @@ def make_plan(cfg: EvalConfig) -> Plan:
     for v in variants:
         for w in v.warnings:
             log.warning("variant %s: %s", v.name, w)
-    max_len = s.max_text_length or spec.default_max_text_length
+    max_len = sampling.max_text_length
     prompts = load_prompts(cfg.prompts.file, cfg.prompts.limit)
     limits = spec.text_limits(max_len)
     prompts, skipped = check_lengths(prompts, token_counts(cfg.model.path, limits, prompts), limits,
                                      cfg.prompts.too_long)
+    if sampling.guidance > 1 and sampling.negative_prompt:  # the pipeline would cut it silently too
+        neg = token_counts(cfg.model.path, limits, [Prompt("negative", sampling.negative_prompt)])
+        over = [f"{sub}: {n[0]} tokens > {limits[sub]}" for sub, n in neg.items() if n[0] > limits[sub]]
+        if over:
+            raise ConfigError(f"sampling.negative_prompt is longer than the text encoder keeps ({'; '.join(over)}); "
+                              "shorten it or raise sampling.max_text_length")
     rows = build_manifest(prompts, variants, cfg.prompts.samples_per_prompt, cfg.seed)
     settings_data = {"model": str(Path(cfg.model.path).resolve()), "revision": cfg.model.revision,
-                     "dtype": cfg.model.dtype, **s.model_dump(), "max_text_length": max_len}
+                     **sampling.to_dict()}
+    settings_data.pop("defaults_source")  # provenance only: the values themselves are hashed
+    settings_data.pop("offload")          # where components live does not change pixels
     settings = WorkerSettings(
-        model_path=str(Path(cfg.model.path).resolve()), dtype=cfg.model.dtype, width=s.width, height=s.height,
-        frames=s.frames, steps=s.steps, guidance=s.guidance, fps=s.fps, max_text_length=max_len,
+        model_path=str(Path(cfg.model.path).resolve()), sampling=sampling,
         device="cuda" if cfg.parallel.use_gpu else s.device, threads=cfg.parallel.cpus_per_worker,
         settings_hash=stable_hash(settings_data))
     layout = EvalLayout(cfg.out_dir.resolve())
     plan = Plan(cfg, layout, variants, rows, settings, skipped, stable_hash(cfg.to_dict()))
     write_json_atomic(layout.info, {
         "config": cfg.to_dict(), "config_hash": plan.config_hash, "settings_hash": settings.settings_hash,
+        "sampling": sampling.to_dict(),
         "variants": [v.to_dict() for v in variants], "skipped_prompts": [vars(p) for p in skipped],
         "family": spec.name, "modality": spec.modality})
     write_jsonl(layout.manifest, (r.to_dict() for r in rows))

@@ -49,7 +49,8 @@ def decode_image_uint8(data: bytes, name: str = "image") -> np.ndarray:
         raise MediaError(f"{name}: Pillow could not decode it ({e})") from None
 
 
-def decode_like_training(raw: bytes, modality: str, width: int, height: int, frames: int) -> np.ndarray:
+def decode_like_training(raw: bytes, modality: str, width: int, height: int, frames: int,
+                         fps: Optional[float] = None) -> np.ndarray:
     """Real media as the trainer sees it, as uint8: (F, H, W, 3) or (H, W, 3).
 
     First ``frames`` frames, aspect-preserving resize + centre crop (training.data.decode), so
@@ -60,14 +61,15 @@ def decode_like_training(raw: bytes, modality: str, width: int, height: int, fra
 
     from training.data.decode import decode_image, decode_video
 
-    t = decode_video(raw, frames, height, width) if modality == "video" else decode_image(raw, height, width)
+    t = decode_video(raw, frames, height, width, fps) if modality == "video" else decode_image(raw, height, width)
     # The decoders return [-1, 1] floats (C, [F,] H, W); back to uint8 channels-last.
     arr = ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return (arr.permute(1, 2, 3, 0) if modality == "video" else arr.permute(1, 2, 0)).numpy()
 
 
 def reference_media(shards: Any, modality: str, width: int, height: int, frames: int,
-                    max_samples: Optional[int]) -> Iterator[tuple[str, Optional[np.ndarray], Optional[str]]]:
+                    max_samples: Optional[int], fps: Optional[float] = None
+                    ) -> Iterator[tuple[str, Optional[np.ndarray], Optional[str]]]:
     """(key, uint8 media or None, skip reason) for each reference sample, in shard order
     (decoded by :func:`decode_like_training`)."""
     import webdataset as wds
@@ -82,7 +84,7 @@ def reference_media(shards: Any, modality: str, width: int, height: int, frames:
         key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         try:
             _, raw = media_of(sample, modality)
-            media = decode_like_training(raw, modality, width, height, frames)
+            media = decode_like_training(raw, modality, width, height, frames, fps)
         except BadSample as e:
             yield key, None, e.reason
             continue

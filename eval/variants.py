@@ -109,6 +109,9 @@ def _training_mismatch(path: Path, cfg: EvalConfig) -> list[str]:
     for key, want in (("width", s.width), ("height", s.height), ("frames", s.frames)):
         if key in data and data[key] != want:
             notes.append(f"trained at data.{key}={data[key]}, sampled at sampling.{key}={want}")
+    if data.get("fps") is not None and s.fps is not None and s.frames and s.frames > 1 and data["fps"] != s.fps:
+        notes.append(f"trained on clips at data.fps={data['fps']:g}, written at sampling.fps={s.fps}: motion "
+                     "speed differs")
     if s.max_text_length is not None and data.get("max_text_length") not in (None, s.max_text_length):
         notes.append(f"trained with data.max_text_length={data['max_text_length']}, sampled with "
                      f"{s.max_text_length}")

@@ -21,7 +21,7 @@ from training.adapters import load_adapter, loaded_adapters, unload_adapter, ver
 from training.adapters.load import denoiser
 from training.adapters.report import value_counts
 from training.checkpoint import sha256_file
-from training.generate import pixels_sha256, render, write_sample
+from training.generate import SamplingSettings, load_sampling_pipeline, pixels_sha256, render, write_sample
 from training.models import spec_for_folder
 from training.runtime import Precision, resolve_device
 
@@ -33,17 +33,10 @@ log = logging.getLogger("lorabench.eval")
 @dataclass
 class WorkerSettings:
     model_path: str
-    dtype: str
-    width: int
-    height: int
-    frames: int
-    steps: int
-    guidance: float
-    fps: int
-    max_text_length: int
+    sampling: SamplingSettings   # size, fps, steps, guidance, shift, negative prompt, dtypes, offload
     device: str
     threads: Optional[int]
-    settings_hash: str    # of everything above that changes pixels: a record with another hash is redone
+    settings_hash: str    # of everything that changes pixels: a record with another hash is redone
 
 
 class SampleWorker:
@@ -57,10 +50,9 @@ class SampleWorker:
         self.layout = EvalLayout(Path(out_dir))
         self.spec = spec_for_folder(settings.model_path)
         self.device = resolve_device(settings.device)
-        dtype = Precision.resolve(settings.dtype, self.device).dtype
+        Precision.resolve(settings.sampling.dtypes.denoiser, self.device)  # fp16 needs CUDA, ...
         start = time.perf_counter()
-        self.pipe = self.spec.load_pipeline(settings.model_path, dtype=dtype).to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = load_sampling_pipeline(self.spec, settings.model_path, settings.sampling, self.device)
         self.load_seconds = time.perf_counter() - start
         self.current: Optional[str] = None   # variant whose adapter (or none) is active
         self.ext = "mp4" if self.spec.modality == "video" else "png"
@@ -111,19 +103,18 @@ class SampleWorker:
     def _one(self, variant: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         s, lay = self.s, self.layout
         t0, started = time.perf_counter(), time.time()
-        pixels = render(self.pipe, self.spec, row["prompt"], row["seed"], steps=s.steps, guidance=s.guidance,
-                        max_text_length=s.max_text_length, width=s.width, height=s.height, frames=s.frames)
+        pixels = render(self.pipe, self.spec, row["prompt"], row["seed"], s.sampling)
         t1 = time.perf_counter()
         final = lay.media(variant["name"], row["sample_id"], self.ext)
         tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp")
-        written = write_sample(pixels, self.spec, tmp, s.fps)  # suffix appended by write_sample
+        written = write_sample(pixels, self.spec, tmp, s.sampling.fps)  # suffix appended by write_sample
         os.replace(written, final)
         t2 = time.perf_counter()
         record = dict(row, path=str(final.relative_to(lay.root)), adapter=variant["adapter"],
                       adapter_sha256=variant["sha256"], adapter_scale=variant["scale"],
                       adapter_step=variant.get("step"), settings_hash=s.settings_hash,
                       output_sha256=pixels_sha256(pixels), file_sha256=sha256_file(final),
-                      shape=list(pixels.shape),
+                      shape=list(pixels.shape), fps=s.sampling.fps if self.ext == "mp4" else None,
                       timings={"generate_s": round(t1 - t0, 4), "write_s": round(t2 - t1, 4),
                                "start": round(started, 4), "end": round(started + t2 - t0, 4)})
         # The record is written last: its presence is what marks the sample finished.

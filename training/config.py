@@ -230,7 +230,7 @@ def _closest(key: str, model_cls: type[BaseModel] = RunConfig) -> str:
     return match[0] if match else ""
 
 
-def _format_errors(err: ValidationError, source: str, model_cls: type[BaseModel] = RunConfig) -> str:
+def format_errors(err: ValidationError, source: str, model_cls: type[BaseModel] = RunConfig) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -313,7 +313,7 @@ def load_typed(model_cls: type[M], path: Union[str, Path, None], overrides: Opti
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, model_cls)) from None
+        raise ConfigError(format_errors(e, source, model_cls)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 from .adapters import AdapterReport, load_adapter, verify_effect
 from .adapters.report import value_counts
 from .media_io import to_uint8, write_mp4, write_png
+from .config import ConfigError
 from .models import ModelSpec, spec_for_folder
-from .runtime import resolve_device
+from .precision import ComponentDtypes
+from .runtime import Precision, RuntimeConfigError, resolve_device
 from .seeding import sample_seed
 
 log = logging.getLogger("lorabench.generate")
@@ -41,6 +43,7 @@ class SampleRecord:
     adapter_alpha: Optional[str]
     output_sha256: str  # of the raw uint8 output, before any lossy encoding
     seconds: float
+    settings: dict[str, Any]  # SamplingSettings: size, fps, steps, guidance, shift, negative prompt, dtypes
 
 
 def read_prompt_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
@@ -78,19 +81,99 @@ def read_prompts(path: str | Path) -> list[str]:
     return [fields["prompt"] for _, fields in read_prompt_rows(path)]
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Every setting that changes pixels, resolved: the user's value, else the model card's."""
+
+    width: int
+    height: int
+    frames: int
+    fps: int
+    steps: int
+    guidance: float
+    shift: Optional[float]       # the scheduler's flow shift actually used
+    negative_prompt: str
+    max_text_length: int
+    dtypes: ComponentDtypes
+    offload: bool = False
+    defaults_source: str = ""
+
+    @classmethod
+    def resolve(cls, spec: ModelSpec, model_dir: str | Path, *, dtypes: ComponentDtypes, offload: bool = False,
+                **given: Any) -> "SamplingSettings":
+        """``given`` fields left None take the spec's model-card defaults (``spec.sampling_defaults``)."""
+        d = spec.sampling_defaults(model_dir)
+        pick = {k: given.get(k) if given.get(k) is not None else getattr(d, k)
+                for k in ("width", "height", "frames", "fps", "steps", "guidance", "shift", "negative_prompt")}
+        if pick["shift"] is None:  # keep the folder's scheduler: record the value it has
+            pick["shift"] = _folder_shift(model_dir)
+        max_len = given.get("max_text_length") or spec.default_max_text_length
+        return cls(**pick, max_text_length=int(max_len), dtypes=dtypes, offload=offload,
+                   defaults_source=d.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["dtypes"] = self.dtypes.to_dict()
+        return out
+
+
+def _folder_shift(model_dir: str | Path) -> Optional[float]:
+    cfg = Path(model_dir) / "scheduler" / "scheduler_config.json"
+    if not cfg.is_file():
+        return None
+    data = json.loads(cfg.read_text())
+    for key in ("flow_shift", "shift"):
+        if data.get(key) is not None:
+            return float(data[key])
+    return None
+
+
+def load_sampling_pipeline(spec: ModelSpec, model_dir: str | Path, settings: SamplingSettings,
+                           device: torch.device) -> Any:
+    """The pipeline in the settings' dtypes, on ``device`` (or model-offloaded to it), with the shift set."""
+    pipe = spec.load_pipeline(model_dir, dtype=settings.dtypes)
+    if settings.offload:
+        if device.type != "cuda":
+            raise RuntimeConfigError("CPU offload moves each component to the GPU for its turn: it needs a CUDA "
+                                     "device (this one is %s); drop the offload option" % device)
+        # diffusers' model CPU offload: one component on the GPU at a time (text encoder, then
+        # transformer, then VAE), the rest in CPU memory.
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    spec.set_sampling_shift(pipe, settings.shift)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, seed: int = 0,
-             adapter: Optional[str | Path] = None, scale: float = 1.0, width: int = 64,
-             height: int = 64, frames: int = 9, steps: int = 20, guidance: float = 5.0,
-             max_text_length: Optional[int] = None, fps: int = 8, device: str = "auto",
+             adapter: Optional[str | Path] = None, scale: float = 1.0, width: Optional[int] = None,
+             height: Optional[int] = None, frames: Optional[int] = None, steps: Optional[int] = None,
+             guidance: Optional[float] = None, shift: Optional[float] = None,
+             negative_prompt: Optional[str] = None, max_text_length: Optional[int] = None,
+             fps: Optional[int] = None, dtype: str = "auto", vae_dtype: str = "fp32",
+             text_encoder_dtype: Optional[str] = None, offload: bool = False, device: str = "auto",
              progress: bool = True) -> list[SampleRecord]:
-    """Generate one sample per prompt into ``out_dir``; returns the records (also in samples.jsonl)."""
+    """Generate one sample per prompt into ``out_dir``; returns the records (also in samples.jsonl).
+
+    Settings left None take the model card's values (``spec.sampling_defaults``). ``dtype``
+    'auto' is bf16 on a GPU and fp32 on CPU.
+    """
     spec: ModelSpec = spec_for_folder(str(model_dir))
-    problems = spec.geometry(model_dir).check(width, height, frames)
+    dev = resolve_device(device)
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    dtypes = ComponentDtypes.resolve(dtype, vae_dtype, text_encoder_dtype)
+    Precision.resolve(dtype, dev)  # fp16 needs CUDA, bf16 a GPU that has it
+    settings = SamplingSettings.resolve(spec, model_dir, dtypes=dtypes, offload=offload, width=width,
+                                        height=height, frames=frames, fps=fps, steps=steps, guidance=guidance,
+                                        shift=shift, negative_prompt=negative_prompt,
+                                        max_text_length=max_text_length)
+    problems = spec.geometry(model_dir).check(settings.width, settings.height, settings.frames)
     if problems:
         raise ValueError("invalid sampling shape:\n  " + "\n  ".join(problems))
-    dev = resolve_device(device)
-    pipe = spec.load_pipeline(model_dir).to(dev)
-    pipe.set_progress_bar_config(disable=True)
+    check_prompt_lengths(spec, model_dir, prompts, settings)
+    pipe = load_sampling_pipeline(spec, model_dir, settings, dev)
     info: Optional[AdapterReport] = None
     if adapter is not None:
         # Every adapter module must patch the model (else AdapterError with the table), and one
@@ -100,38 +183,53 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
         log.info("adapter applied: %s", info.summary())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    max_len = max_text_length or spec.default_max_text_length
     records = []
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="sample", disable=not progress)):
         s = sample_seed(seed, i)
         start = time.perf_counter()
-        pixels = render(pipe, spec, prompt, s, steps=steps, guidance=guidance, max_text_length=max_len,
-                        width=width, height=height, frames=frames)
-        path = write_sample(pixels, spec, out / f"sample-{i:04d}", fps)
+        pixels = render(pipe, spec, prompt, s, settings)
+        path = write_sample(pixels, spec, out / f"sample-{i:04d}", settings.fps)
         records.append(SampleRecord(
             index=i, prompt=prompt, seed=s, path=str(path),
             adapter=info.source if info else None, adapter_sha256=info.sha256 if info else None,
             adapter_scale=scale if info else None,
             adapter_rank=value_counts(info.ranks) if info else None,
             adapter_alpha=value_counts(info.alphas) if info else None,
-            output_sha256=pixels_sha256(pixels), seconds=round(time.perf_counter() - start, 4)))
+            output_sha256=pixels_sha256(pixels), seconds=round(time.perf_counter() - start, 4),
+            settings=settings.to_dict()))
     with open(out / "samples.jsonl", "w") as f:
         for r in records:
-            f.write(json.dumps(asdict(r)) + "\n")
+            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
     return records
 
 
-def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, *, steps: int, guidance: float,
-           max_text_length: int, width: int, height: int, frames: int) -> np.ndarray:
+def check_prompt_lengths(spec: ModelSpec, model_dir: str | Path, prompts: list[str],
+                         settings: SamplingSettings) -> None:
+    """Refuse prompts (and the negative prompt, when guidance uses it) the pipeline would truncate."""
+    from transformers import AutoTokenizer
+
+    texts = list(prompts) + ([settings.negative_prompt] if settings.guidance > 1 and settings.negative_prompt else [])
+    for sub, limit in spec.text_limits(settings.max_text_length).items():
+        tok = AutoTokenizer.from_pretrained(str(Path(model_dir) / sub), local_files_only=True)
+        for i, ids in enumerate(tok(texts, add_special_tokens=True)["input_ids"]):
+            if len(ids) > limit:
+                what = "the negative prompt" if i == len(prompts) else f"prompt {i + 1} ({texts[i][:40]!r}...)"
+                raise ConfigError(f"{what} has {len(ids)} tokens for {sub}, over its limit of {limit}: the pipeline "
+                                 "would cut it silently; shorten it (or raise the max text length)")
+
+
+def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, settings: SamplingSettings) -> np.ndarray:
     """One sample as uint8 pixels: (F, H, W, 3) for video, (H, W, 3) for images.
 
     The generator is a fresh CPU ``torch.Generator`` seeded with ``seed``: diffusers draws the
     initial noise on it (on CPU, then moves it), so the noise is the same on any device and
     does not depend on what this process generated before.
     """
-    result = pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed),
-                  num_inference_steps=steps, guidance_scale=guidance,
-                  max_sequence_length=max_text_length, **spec.sample_kwargs(width, height, frames))
+    s = settings
+    result = pipe(prompt=prompt, negative_prompt=s.negative_prompt or None,
+                  generator=torch.Generator("cpu").manual_seed(seed), num_inference_steps=s.steps,
+                  guidance_scale=s.guidance, max_sequence_length=s.max_text_length,
+                  **spec.sample_kwargs(s.width, s.height, s.frames))
     return to_uint8(result.frames[0] if spec.modality == "video" else result.images[0])
 
 

@@ -338,10 +338,13 @@ def _reference_features(cfg: EvalConfig, layout: EvalLayout, modality: str, stag
         urls = list_shards(r.shards)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"reference.shards: {e}") from None
-    source = stable_hash({"shards": urls, "max": r.max_samples, "size": [s.width, s.height, s.frames]})
+    # Real clips are read at the rate the samples are written at (sampling.fps), so FVD compares
+    # motion at one speed; the rate is part of the feature cache key.
+    fps = s.fps if modality == "video" else None
+    source = stable_hash({"shards": urls, "max": r.max_samples, "size": [s.width, s.height, s.frames], "fps": fps})
 
     def items() -> Iterator[tuple[str, Optional[np.ndarray], Any]]:
-        return reference_media(urls, modality, s.width, s.height, s.frames, r.max_samples)
+        return reference_media(urls, modality, s.width, s.height, s.frames, r.max_samples, fps)
 
     feats = {st.key: run_stage(st, layout, REFERENCE_GROUP, source, items, cfg.metrics.batch_size, r.max_samples,
                                progress) for st in stages}

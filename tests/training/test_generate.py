@@ -95,3 +95,27 @@ def test_prompt_files(tmp_path):
 def test_bad_sampling_shape(tiny_wan, tmp_path):
     with pytest.raises(ValueError, match="4k\\+1"):
         generate(tiny_wan, PROMPTS, tmp_path, **dict(SHAPE, frames=8))
+
+
+def test_bf16_generation_with_an_adapter_records_its_settings(tiny_wan, trained_wan, tmp_path):
+    """generate in the dtypes real models run in (bf16 denoiser, fp32 VAE), card defaults filled in."""
+    import av
+
+    from training.models.wan import WAN_NEGATIVE_PROMPT
+    shape = dict(SHAPE, guidance=2.0)  # CFG on: the negative prompt is used
+    recs = generate(tiny_wan, PROMPTS[:1], tmp_path, adapter=trained_wan, dtype="bf16", **shape)
+    st = recs[0].settings
+    assert st["dtypes"] == {"denoiser": "bf16", "vae": "fp32", "text": "bf16"}
+    # Unset values come from the model card (the tiny Wan2.1-layout folder: the T2V-14B defaults)
+    assert st["negative_prompt"] == WAN_NEGATIVE_PROMPT and st["shift"] == 5.0 and st["fps"] == 16
+    assert "Wan2.1" in st["defaults_source"]
+    with av.open(recs[0].path) as c:
+        assert c.streams.video[0].average_rate == 16
+    fp32 = generate(tiny_wan, PROMPTS[:1], tmp_path / "fp32", adapter=trained_wan, dtype="fp32", **shape)
+    assert fp32[0].output_sha256 != recs[0].output_sha256  # bf16 really ran
+
+
+def test_negative_prompt_over_the_limit_is_refused(tiny_wan, tmp_path):
+    from training.config import ConfigError
+    with pytest.raises(ConfigError, match="the negative prompt has .* tokens for tokenizer, over its limit of 32"):
+        generate(tiny_wan, PROMPTS[:1], tmp_path, negative_prompt="red " * 40, **dict(SHAPE, guidance=3.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from .base import Conditions, LatentGeometry, ModelFolderError, ModelSpec
+from .base import Conditions, LatentGeometry, ModelFolderError, ModelSpec, SamplingDefaults
 
 _REGISTRY: dict[str, Callable[[], ModelSpec]] = {}
 
@@ -63,5 +63,5 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
-__all__ = ["Conditions", "LatentGeometry", "ModelFolderError", "ModelSpec", "families", "get_spec", "register",
+__all__ = ["Conditions", "LatentGeometry", "ModelFolderError", "ModelSpec", "SamplingDefaults", "families", "get_spec", "register",
            "spec_for_folder"]

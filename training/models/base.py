@@ -46,6 +46,25 @@ class LatentGeometry:
         return problems
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What the model's card samples with; every field can be overridden by the user.
+
+    ``shift`` None keeps the folder's scheduler config. ``source`` names where the values come
+    from, and is recorded next to them (eval.json, samples.jsonl).
+    """
+
+    width: int
+    height: int
+    frames: int
+    fps: int
+    steps: int
+    guidance: float
+    shift: Optional[float]
+    negative_prompt: str
+    source: str
+
+
 @dataclass
 class Conditions:
     """Encoded text conditions, as keyword arguments for the transformer's forward."""
@@ -159,6 +178,28 @@ class ModelSpec(ABC):
         these limits so that a prompt is never silently cut.
         """
         return {"tokenizer": max_length}
+
+    @abstractmethod
+    def sampling_defaults(self, path: str | Path) -> SamplingDefaults:
+        """The model card's sampling settings for the model in ``path`` (read from its configs)."""
+
+    def scheduler_shift(self, pipe: Any) -> Optional[float]:
+        """The flow shift the pipeline's scheduler samples with now (None if it has none)."""
+        cfg = pipe.scheduler.config
+        for key in ("flow_shift", "shift"):
+            if cfg.get(key) is not None:
+                return float(cfg[key])
+        return None
+
+    def set_sampling_shift(self, pipe: Any, shift: Optional[float]) -> None:
+        """Rebuild the pipeline's scheduler with another flow shift (None: keep the folder's)."""
+        if shift is None:
+            return
+        cfg = pipe.scheduler.config
+        key = "flow_shift" if "flow_shift" in cfg else "shift"
+        if key not in cfg:
+            raise ValueError(f"{type(pipe.scheduler).__name__} has no flow shift to set; leave shift unset")
+        pipe.scheduler = type(pipe.scheduler).from_config(cfg, **{key: float(shift)})
 
     @abstractmethod
     def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Conditions, LatentGeometry, ModelSpec
+from .base import Conditions, LatentGeometry, ModelSpec, SamplingDefaults
 from .tiny_text import clip_tokenizer, t5_tokenizer
 
 
@@ -57,6 +57,12 @@ class SD3Spec(ModelSpec):
     def text_limits(self, max_length: int) -> dict[str, int]:
         # Both CLIP encoders stop at 77 tokens (their position table); T5 at max_sequence_length.
         return {"tokenizer": 77, "tokenizer_2": 77, "tokenizer_3": max_length}
+
+    def sampling_defaults(self, path: str | Path) -> SamplingDefaults:
+        # stabilityai/stable-diffusion-3.5-medium model card: 40 steps, guidance 4.5, 1024x1024,
+        # no negative prompt; the scheduler's own shift (3.0).
+        return SamplingDefaults(1024, 1024, 1, 1, 40, 4.5, None, "",
+                                "SD3.5-medium model card (40 steps, guidance 4.5)")
 
     def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:
         return {"width": width, "height": height, "output_type": "np"}

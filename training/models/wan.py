@@ -14,8 +14,15 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Conditions, LatentGeometry, ModelFolderError, ModelSpec
+from .base import Conditions, LatentGeometry, ModelFolderError, ModelSpec, SamplingDefaults
 from .tiny_text import t5_tokenizer
+
+
+#: ``sample_neg_prompt`` of Wan's reference (wan/configs/shared_config.py, Wan2.1 and Wan2.2):
+#: the negative prompt every published Wan sample was made with. An empty one is off-card.
+WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"
+                       "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
+                       "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 
 
 class WanSpec(ModelSpec):
@@ -80,6 +87,24 @@ class WanSpec(ModelSpec):
             seq = f * (h // p[1]) * (w // p[2])
             timesteps = timesteps.view(b, 1).expand(b, seq)
         return model(hidden_states=noisy, timestep=timesteps, return_dict=False, **cond.kwargs)[0]
+
+    def sampling_defaults(self, path: str | Path) -> SamplingDefaults:
+        vae = self.read_component_config(path, "vae")
+        tr = self.read_component_config(path, "transformer")
+        width = int(tr.get("num_attention_heads", 0)) * int(tr.get("attention_head_dim", 0))
+        if int(vae.get("z_dim", 16)) == 48:
+            # Wan2.2 wan/configs/wan_ti2v_5B.py: sample_fps 24, sample_shift 5.0, sample_steps 50,
+            # sample_guide_scale 5.0, frame_num 121; size 1280*704 (README / diffusers model card).
+            return SamplingDefaults(1280, 704, 121, 24, 50, 5.0, 5.0, WAN_NEGATIVE_PROMPT,
+                                    "Wan2.2 ti2v_5B config (wan/configs/wan_ti2v_5B.py)")
+        if width == 1536:
+            # Wan2.1 README, T2V-1.3B: --size 832*480 --sample_shift 8 --sample_guide_scale 6;
+            # 81 frames at 16 fps and 50 steps from wan/configs/shared_config.py / generate.py.
+            return SamplingDefaults(832, 480, 81, 16, 50, 6.0, 8.0, WAN_NEGATIVE_PROMPT,
+                                    "Wan2.1 README, T2V-1.3B (sample_shift 8, sample_guide_scale 6)")
+        # Wan2.1 T2V-14B: generate.py defaults for t2v (shift 5.0, guidance 5.0), 1280*720.
+        return SamplingDefaults(1280, 720, 81, 16, 50, 5.0, 5.0, WAN_NEGATIVE_PROMPT,
+                                "Wan2.1 generate.py t2v defaults (sample_shift 5, sample_guide_scale 5)")
 
     def sample_kwargs(self, width: int, height: int, frames: int) -> dict[str, Any]:
         return {"width": width, "height": height, "num_frames": frames, "output_type": "np"}
