@@ -8,6 +8,7 @@ and the fix; anything else propagates with its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.workers is not None:
         overrides += ["parallel.backend=ray", f"parallel.num_workers={args.workers}"]
     cfg = load_config(args.config, overrides)
+    if args.plan:
+        from training.memory_plan import plan_training
+        world = cfg.parallel.num_workers if cfg.parallel.backend == "ray" else int(os.environ.get("WORLD_SIZE", "1"))
+        print(plan_training(cfg, world).table())
+        return 0
     if cfg.parallel.backend == "ray":
         from cluster.train import print_summary, run
         print_summary(run(cfg))
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--help-config", action="store_true", help="list every config key with its meaning")
     t.add_argument("--workers", type=int, default=None,
                    help="train on Ray with N workers (same as parallel.backend=ray parallel.num_workers=N)")
+    t.add_argument("--plan", action="store_true",
+                   help="print the memory plan (bytes per component in its dtype and place, LoRA/optimizer state, "
+                        "activation estimate with/without checkpointing) without loading weights, and exit")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="fixed-seed samples from a model (and optional adapter)")

@@ -52,27 +52,66 @@ def ray_executor(plan: Plan, on_done: Callable[[dict[str, Any]], None]) -> None:
             ray.kill(a)
 
 
+def metrics_placement(cfg: EvalConfig, driver_has_gpu: Optional[bool] = None) -> str:
+    """Where the metric feature extractors run: 'driver' or 'gpu-task' (a Ray task on a GPU node).
+
+    Decided before any sample is generated: a head node without a GPU must not find out, after
+    hours of generation, that ``metrics.device=cuda`` cannot run there.
+    """
+    import torch
+    m, par = cfg.metrics, cfg.parallel
+    has_gpu = torch.cuda.is_available() if driver_has_gpu is None else driver_has_gpu
+    if not m.enabled or has_gpu or m.device == "cpu":
+        return "driver"
+    gpu_actors = par.backend == "ray" and par.use_gpu
+    if gpu_actors:  # the GPUs are where the actors are: extract features there too
+        return "gpu-task"
+    if m.device == "cuda":
+        raise ConfigError("metrics.device=cuda, but this driver has no GPU and the eval has no GPU actors "
+                          "(parallel.use_gpu=false): set metrics.device=auto (CPU here) or parallel.use_gpu=true "
+                          "(features are then extracted in a Ray task on a GPU node)")
+    return "driver"
+
+
+def _finish_on_gpu(plan: Plan, records: list[dict[str, Any]], progress: bool) -> dict[str, Any]:
+    """results.json computed in a Ray task holding one GPU (output_dir is shared storage)."""
+    import ray
+
+    from eval.results import finish
+    task = ray.remote(num_gpus=1, num_cpus=plan.cfg.parallel.cpus_per_worker)(finish)
+    try:
+        return ray.get(task.remote(plan, records, False))
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        raise (cause if isinstance(cause, Exception) else e) from None
+
+
 def run(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Plan, generate (on Ray or in this process), compute metrics; returns results.json's body."""
     from eval.generation import generate, make_plan, run_local
     from eval.results import finish
 
+    placement = metrics_placement(cfg)  # before anything is generated
     plan = make_plan(cfg)  # validates everything before Ray starts or a model loads
     if cfg.parallel.backend == "none":
         records = generate(plan, run_local, progress=progress)
-    else:
-        import ray
+        return finish(plan, records, progress=progress)
+    import ray
 
-        from cluster.train import check_resources, connect
-        info = connect(cfg)  # type: ignore[arg-type]  (reads cfg.parallel only, same fields)
-        try:
-            slots = check_resources(cfg)  # type: ignore[arg-type]
-            print(f"Ray cluster {info.address}: {slots['nodes']} node(s), room for {slots['worker_slots']} "
-                  f"actor(s); dashboard: {info.dashboard_url or 'not available'}", flush=True)
-            records = generate(plan, ray_executor, progress=progress)
-        finally:
-            if info.started_here:
-                ray.shutdown()
+    from cluster.train import check_resources, connect
+    info = connect(cfg)  # type: ignore[arg-type]  (reads cfg.parallel only, same fields)
+    try:
+        slots = check_resources(cfg)  # type: ignore[arg-type]
+        print(f"Ray cluster {info.address}: {slots['nodes']} node(s), room for {slots['worker_slots']} "
+              f"actor(s); dashboard: {info.dashboard_url or 'not available'}; metrics on the "
+              f"{'driver' if placement == 'driver' else 'GPU nodes (Ray task)'}", flush=True)
+        records = generate(plan, ray_executor, progress=progress)
+        if placement == "gpu-task":
+            log.info("this driver has no GPU: extracting metric features in a Ray task on a GPU node")
+            return _finish_on_gpu(plan, records, progress)
+    finally:
+        if info.started_here:
+            ray.shutdown()
     return finish(plan, records, progress=progress)
 
 

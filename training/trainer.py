@@ -166,6 +166,13 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank)
         if cfg.train.torch_threads:
             torch.set_num_threads(cfg.train.torch_threads)
+        self.memory_plan = None
+        if self.is_main:
+            # Before the engine: once accelerate registers a ZeRO-3 config, even a meta-device
+            # build of a transformers model would go through deepspeed.zero.Init.
+            from .memory_plan import plan_training
+            self.memory_plan = plan_training(cfg, self.world_size)
+            log.info("memory plan (before loading any weights):\n%s", self.memory_plan.table())
         self.engine = make_engine(cfg, self.device, self.precision)
         self.device, self.precision = self.engine.device, self.engine.precision
         log.info("engine: %s", self.engine.description)
@@ -480,6 +487,7 @@ class Trainer:
                 "final_checkpoint": str(final) if final else None,
                 "memory_per_rank": self.memory_per_rank,
                 "component_dtypes": self.dtypes.to_dict(), "param_dtypes": self.param_dtypes,
+                "memory_plan": self.memory_plan.to_dict() if self.memory_plan else None,
                 "losses": {str(k): v for k, v in result.losses.items()}}
         tmp = self.layout.root / f".{RESULT_FILE}.tmp"
         tmp.write_text(json.dumps(body, indent=2))

@@ -1,6 +1,8 @@
 """The lorabench command in-process: exit codes and messages users see."""
 
 
+import pytest
+
 from cluster.cli import EXIT_USER_ERROR, main
 
 from ..conftest import CONFIGS
@@ -73,3 +75,32 @@ def test_eval_in_process_and_metrics_from_dir(tiny_wan, tmp_path, capsys):
     assert "eval tiny-wan: 2 samples, 1 variant(s)" in out and "sharpness=" in out and "fvd: skipped" in out
     assert main(["eval", "metrics", "--from", str(tmp_path / "tiny-wan"), "metrics.sharpness=false"]) == 0
     assert "sharpness=" not in capsys.readouterr().out
+
+
+def test_metrics_placement_is_decided_before_generation(tiny_wan, tmp_path):
+    """A head node without a GPU: metrics go to a GPU Ray task, or the eval stops before any sample."""
+    from cluster.eval import metrics_placement, run
+    from eval.config import load_eval_config
+    from training.config import ConfigError
+
+    def cfg(*o):
+        return load_eval_config(CONFIGS / "eval" / "tiny-wan.yaml", [
+            f"model.path={tiny_wan}", f"output_dir={tmp_path}", "variants.adapters=[]", "reference.shards=null",
+            "metrics.clip.path=null", "metrics.fvd.i3d_path=null", *o])
+
+    assert metrics_placement(cfg("metrics.device=cuda", "parallel.use_gpu=true"), driver_has_gpu=False) == "gpu-task"
+    assert metrics_placement(cfg("metrics.device=auto", "parallel.use_gpu=true"), driver_has_gpu=False) == "gpu-task"
+    assert metrics_placement(cfg("metrics.device=cuda"), driver_has_gpu=True) == "driver"
+    assert metrics_placement(cfg("metrics.device=auto"), driver_has_gpu=False) == "driver"
+    with pytest.raises(ConfigError, match="metrics.device=cuda, but this driver has no GPU"):
+        run(cfg("metrics.device=cuda", "parallel.backend=none"), progress=False)
+    assert not (tmp_path / "tiny-wan" / "samples").exists()  # nothing was generated
+
+
+def test_train_plan_prints_the_memory_plan_without_loading(tiny_wan, tmp_path, capsys):
+    code = main(["train", "--plan", str(CONFIGS / "train/tiny-wan.yaml"), f"model.path={tiny_wan}",
+                 "model.mixed_precision=bf16", f"output_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "memory plan" in out and "transformer" in out and "vae" in out
+    assert "with checkpointing" in out and "peak on the accelerator" in out
+    assert not (tmp_path / "tiny-wan").exists()  # nothing trained, no run folder

@@ -12,6 +12,8 @@ import pytest
 
 from ..conftest import CONFIGS, REPO, _free_port, load_adapter_tensors, run_ranks
 
+pytestmark = pytest.mark.slow  # real multi-process clusters: outside the quick tier
+
 TINY = CONFIGS / "train" / "tiny-wan.yaml"
 
 

@@ -277,3 +277,37 @@ def test_lora_parameter_keys_are_peft_state_dict_keys(tiny_wan):
     reference = get_peft_model_state_dict(model, adapter_name="default")
     assert set(named) == set(reference) and named
     assert all(torch.equal(named[k], reference[k]) for k in named)
+
+
+def test_bf16_run_keeps_vae_fp32_and_kept_modules_fp32(tiny_wan, video_shards, tmp_path):
+    """Per-component precision: bf16 denoiser and umT5, fp32 VAE, Wan's kept-fp32 modules fp32."""
+    cfg = tiny_config("wan", tiny_wan, video_shards, tmp_path, "model.mixed_precision=bf16", "train.max_steps=1",
+                      "checkpoint.every_steps=1", "log.tensorboard=false")
+    trainer = Trainer(cfg)
+    trainer._setup()
+    pipe = trainer.pipe
+    assert next(pipe.vae.parameters()).dtype == torch.float32
+    assert next(pipe.text_encoder.parameters()).dtype == torch.bfloat16
+    tr = pipe.transformer
+    assert tr.scale_shift_table.dtype == torch.float32 and tr.blocks[0].attn1.to_q.base_layer.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for n, p in tr.named_parameters() if "lora_" in n)
+    assert trainer.memory_plan is not None  # printed before loading
+    plan = {c.name: c for c in trainer.memory_plan.components}
+    loaded = sum(p.numel() * p.element_size() for p in pipe.vae.parameters())
+    assert plan["vae"].bytes == loaded and plan["vae"].dtype == "fp32"
+
+
+def test_wan_latents_are_the_posterior_mean(tiny_wan):
+    """Wan's reference encodes to the posterior mean: no dependence on the noise generator."""
+    from training.models import get_spec
+    spec = get_spec("wan")
+    pipe = spec.load_pipeline(tiny_wan)
+    px = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a = spec.encode_pixels(pipe, px, torch.Generator().manual_seed(0))
+        b = spec.encode_pixels(pipe, px, torch.Generator().manual_seed(1))
+        mean = pipe.vae.encode(px).latent_dist.mean
+    assert torch.equal(a, b)
+    m = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    s = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
+    assert torch.allclose(a, (mean - m) / s)
