@@ -23,7 +23,7 @@ from .adapters.report import value_counts
 from .media_io import to_uint8, write_mp4, write_png
 from .config import ConfigError
 from .models import ModelSpec, spec_for_folder
-from .precision import ComponentDtypes
+from .precision import ComponentDtypes, accept_any_float_input
 from .runtime import Precision, RuntimeConfigError, resolve_device
 from .seeding import sample_seed
 
@@ -132,6 +132,11 @@ def load_sampling_pipeline(spec: ModelSpec, model_dir: str | Path, settings: Sam
                            device: torch.device) -> Any:
     """The pipeline in the settings' dtypes, on ``device`` (or model-offloaded to it), with the shift set."""
     pipe = spec.load_pipeline(model_dir, dtype=settings.dtypes)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and settings.dtypes.vae != settings.dtypes.denoiser:
+        for part in ("decoder", "post_quant_conv"):  # where the denoiser's latents enter the VAE
+            if isinstance(getattr(vae, part, None), torch.nn.Module):
+                accept_any_float_input(getattr(vae, part))
     if settings.offload:
         if device.type != "cuda":
             raise RuntimeConfigError("CPU offload moves each component to the GPU for its turn: it needs a CUDA "

@@ -112,3 +112,20 @@ def kept_fp32_dtypes(model: torch.nn.Module) -> dict[str, str]:
     keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     return {n: DTYPE_NAMES.get(p.dtype, str(p.dtype)) for n, p in model.named_parameters()
             if "lora_" not in n and any(k in n.split(".") for k in keep)}
+
+
+def accept_any_float_input(module: torch.nn.Module) -> torch.nn.Module:
+    """Cast floating-point positional inputs of ``module`` to its own weight dtype.
+
+    For a component kept in another dtype than the pipeline's (an fp32 VAE next to a bf16
+    denoiser): WanPipeline casts latents to ``vae.dtype`` before decoding, but
+    StableDiffusion3Pipeline passes the denoiser's bf16 latents straight to the decoder's first
+    conv ("Input type (BFloat16) and bias type (float) should be the same").
+    """
+    dtype = next(module.parameters()).dtype
+
+    def cast(_mod: torch.nn.Module, args: tuple) -> tuple:
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    module.register_forward_pre_hook(cast)
+    return module

@@ -119,3 +119,10 @@ def test_negative_prompt_over_the_limit_is_refused(tiny_wan, tmp_path):
     from training.config import ConfigError
     with pytest.raises(ConfigError, match="the negative prompt has .* tokens for tokenizer, over its limit of 32"):
         generate(tiny_wan, PROMPTS[:1], tmp_path, negative_prompt="red " * 40, **dict(SHAPE, guidance=3.0))
+
+
+def test_sd3_bf16_with_an_fp32_vae_decodes(tiny_sd3, tmp_path):
+    """StableDiffusion3Pipeline hands bf16 latents to the VAE: the fp32 VAE must accept them."""
+    recs = generate(tiny_sd3, PROMPTS[:1], tmp_path, dtype="bf16", **dict(SHAPE, frames=1))
+    assert recs[0].settings["dtypes"] == {"denoiser": "bf16", "vae": "fp32", "text": "bf16"}
+    assert Path(recs[0].path).suffix == ".png"
