@@ -41,20 +41,30 @@ def peft_config(rank: int, alpha: float, dropout: float, targets: Iterable[str])
                           target_modules=sorted(set(targets)), init_lora_weights=True)
 
 
-def inject_lora(model: torch.nn.Module, cfg: PeftLoraConfig, seed: int) -> list[str]:
-    """Freeze ``model``, add a LoRA adapter, and return the names of adapted modules.
+def is_target(name: str, targets: Iterable[str]) -> bool:
+    """peft's rule for a list of target names: the module is named ``t`` or ends in ``.t``."""
+    return any(name == t or name.endswith("." + t) for t in targets)
 
-    LoRA A is initialised from ``seed`` (independent of the global RNG), and LoRA
-    parameters are kept in fp32 whatever the base dtype: they are the trained master weights.
-    """
+
+def check_targets(model: torch.nn.Module, targets: Iterable[str]) -> None:
+    """Every target must match a module of ``model``; else LoraTargetError listing the names there are."""
     names = [n for n, _ in model.named_modules()]
-    missing = [t for t in cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    missing = [t for t in sorted(set(targets)) if not any(is_target(n, [t]) for n in names)]
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                          if isinstance(m, torch.nn.Linear)})
         raise LoraTargetError(
             f"lora.target_modules {missing} match no module of {type(model).__name__}; "
             f"linear layer names available: {', '.join(leaves)}")
+
+
+def inject_lora(model: torch.nn.Module, cfg: PeftLoraConfig, seed: int) -> list[str]:
+    """Freeze ``model``, add a LoRA adapter, and return the names of adapted modules.
+
+    LoRA A is initialised from ``seed`` (independent of the global RNG), and LoRA
+    parameters are kept in fp32 whatever the base dtype: they are the trained master weights.
+    """
+    check_targets(model, cfg.target_modules)
     model.requires_grad_(False)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -230,14 +230,11 @@ def lora_shapes(model: torch.nn.Module, targets: list[str]) -> list[tuple[str, i
     The rule of ``training.lora.inject_lora`` (and peft): a module named ``t`` or ending in
     ``.t``. A target matching no module at all is an error, as in ``inject_lora``.
     """
-    from .lora import LoraTargetError
+    from .lora import check_targets, is_target
 
-    names = [n for n, _ in model.named_modules()]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        raise LoraTargetError(f"lora.target_modules {missing} match no module of {type(model).__name__}")
+    check_targets(model, targets)
     return [(n, m.in_features, m.out_features) for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)]
+            if isinstance(m, torch.nn.Linear) and is_target(n, targets)]
 
 
 def lora_bytes(params: int, rank: int, targets: list[str], modules: int, zero_stage: Optional[int],

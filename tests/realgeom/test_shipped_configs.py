@@ -139,9 +139,10 @@ def test_generate_with_the_adapter_in_bf16(config, real, tmp_path):
     prompts = [PROMPTS.strip()]
     common = dict(dtype="bf16", width=w, height=h, frames=f, steps=2, max_text_length=TEXT_LENGTH.get(name),
                   progress=False)
+    # generate() loads the adapter completely and proves a fixed-seed forward changes before any
+    # sample (else AdapterError); base vs adapter samples are compared by the eval test below.
     lora = generate(real.model(name), prompts, tmp_path / "lora", adapter=run["result"].final_checkpoint, **common)
-    base = generate(real.model(name), prompts, tmp_path / "base", **common)
-    assert lora[0].adapter_sha256 and lora[0].output_sha256 != base[0].output_sha256
+    assert lora[0].adapter_sha256 and lora[0].adapter_scale == 1.0
     st = lora[0].settings
     assert st["dtypes"] == {"denoiser": "bf16", "vae": "fp32", "text": "bf16"}
     if f > 1:  # the model's own frame rate is written into the mp4
