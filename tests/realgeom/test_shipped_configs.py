@@ -184,9 +184,14 @@ def test_shipped_eval_config_base_vs_adapter(config, real, metric_models, tmp_pa
     assert "base" in variants and adapters
     for v in adapters:
         assert v["proof"]["effect_max_diff"] > 0 and v["proof"]["missing"] == 0
+    # Same prompt and seed in every variant; the adapter's samples differ from the base's
+    pixels: dict[str, dict[str, str]] = {}
+    for r in body["samples"]:
+        pixels.setdefault(r["sample_id"], {})[r["variant"]] = r["output_sha256"]
+    assert all(len(set(by_variant.values())) == len(by_variant) == len(variants) for by_variant in pixels.values())
     info = json.loads((cfg.out_dir / "eval.json").read_text())
     assert info["sampling"]["dtypes"]["denoiser"] == cfg.model.dtype == "bf16"
     assert info["sampling"]["dtypes"]["vae"] == "fp32"
     if f > 1:
         assert info["sampling"]["fps"] == {"wan2.2-ti2v-5b": 24, "wan2.1-t2v-1.3b": 16}[name]
-        assert "clip_score" in variants["base"]["metrics"] or variants["base"]["metrics"]
+    assert variants["base"]["metrics"], "metrics ran on the bf16 samples"

@@ -48,3 +48,24 @@ def test_eval_configs_sample_at_the_model_card_settings(name, want, config_folde
     assert (s.width, s.height, s.frames, s.fps, s.steps, s.guidance, s.shift) == want
     assert settings.dtypes.to_dict() == {"denoiser": "bf16", "vae": "fp32", "text": "bf16"}
     assert s.negative_prompt == (WAN_NEGATIVE_PROMPT if name.startswith("wan") else "")
+
+
+@pytest.mark.parametrize("config", sorted(p for p in (CONFIGS / "train").glob("*.yaml") if not p.name.startswith("tiny-")),
+                         ids=lambda p: p.stem)
+def test_memory_claims_in_config_comments_are_the_plans(config, config_folders):
+    """A config's "~X GiB peak" comment is what `lorabench train CONFIG --plan` computes, not a guess."""
+    import re
+
+    from training.config import load_config
+    from training.memory_plan import plan_training
+    from training.models.real_geometry import real_name_for
+    text = config.read_text()
+    claims = re.findall(r"~(\d+\.\d) GiB peak", text)
+    assert claims, f"{config.name}: no '~X GiB peak' figure from the memory plan in its header"
+    name = real_name_for(yaml.safe_load(text)["model"]["path"])
+    cfg = load_config(config, [f"model.path={config_folders[name]}"])
+    assert float(claims[0]) == round(plan_training(cfg).accelerator_peak() / 2**30, 1)
+    offload = re.findall(r"~(\d+\.\d) GiB with model.offload_encoders=true", text)
+    if offload:
+        cfg = load_config(config, [f"model.path={config_folders[name]}", "model.offload_encoders=true"])
+        assert float(offload[0]) == round(plan_training(cfg).accelerator_peak() / 2**30, 1)
