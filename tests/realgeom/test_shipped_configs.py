@@ -59,7 +59,7 @@ class RealModels:
         self.root = root
         self.models: dict[str, Path] = {}
         self.data: dict[tuple[str, bool], Path] = {}
-        self.runs: dict[str, dict] = {}
+        self.runs: dict[Path, dict] = {}
 
     def model(self, name: str) -> Path:
         if name not in self.models:
@@ -83,21 +83,21 @@ class RealModels:
     def train(self, config: Path) -> dict:
         """Train ``config`` for 2 steps on its real-geometry model; timings and peak RSS recorded."""
         name = _real_name(config)
-        if name not in self.runs:
+        if config not in self.runs:  # per config: two configs of one model are two runs
             from training.config import load_config
             from training.trainer import Trainer
             w, h, f = SIZES[name]
             cfg = load_config(config, [f"model.path={self.model(name)}", f"data.shards={self.shards(name)}",
-                                       f"output_dir={self.root / 'runs'}", f"data.width={w}", f"data.height={h}",
+                                       f"output_dir={self.root / 'runs' / config.stem}", f"data.width={w}", f"data.height={h}",
                                        f"data.frames={f}", "train.max_steps=2", "checkpoint.every_steps=2",
                                        "train.grad_accum=1", *_text_length(name, "data"),
                                        "optim.warmup_steps=0", "log.progress=false", "log.tensorboard=false",
                                        "log.every_steps=1"])
             start = time.perf_counter()
             result = Trainer(cfg).run()
-            self.runs[name] = {"config": cfg, "result": result, "seconds": time.perf_counter() - start,
-                               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-        return self.runs[name]
+            self.runs[config] = {"config": cfg, "result": result, "seconds": time.perf_counter() - start,
+                                 "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        return self.runs[config]
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +119,7 @@ def test_shipped_train_config_trains_in_its_precision(config, real):
     assert body["component_dtypes"]["vae"] == cfg.model.vae_dtype == "fp32"
     metrics = [json.loads(line) for line in (result.run_dir / "logs/metrics.jsonl").read_text().splitlines()]
     print(f"\n[realgeom] {config.stem}: {run['seconds']:.1f}s for 2 steps (step seconds "
-          f"{[round(m['step_seconds'], 2) for m in metrics]}), peak RSS {run['peak_rss_gib']:.2f} GiB")
+          f"{[round(m['step_seconds'], 2) for m in metrics]}), peak RSS of this process so far {run["peak_rss_gib"]:.2f} GiB")
     # The saved adapter loads back onto a fresh bf16 pipeline completely and changes its output.
     from training.adapters import load_adapter, verify_effect
     from training.models import get_spec
