@@ -119,7 +119,7 @@ def test_shipped_train_config_trains_in_its_precision(config, real):
     assert body["component_dtypes"]["vae"] == cfg.model.vae_dtype == "fp32"
     metrics = [json.loads(line) for line in (result.run_dir / "logs/metrics.jsonl").read_text().splitlines()]
     print(f"\n[realgeom] {config.stem}: {run['seconds']:.1f}s for 2 steps (step seconds "
-          f"{[round(m['step_seconds'], 2) for m in metrics]}), peak RSS of this process so far {run["peak_rss_gib"]:.2f} GiB")
+          f"{[round(m['step_seconds'], 2) for m in metrics]}), peak RSS of this process so far {run['peak_rss_gib']:.2f} GiB")
     # The saved adapter loads back onto a fresh bf16 pipeline completely and changes its output.
     from training.adapters import load_adapter, verify_effect
     from training.models import get_spec
