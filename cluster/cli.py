@@ -247,7 +247,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         runner: Callable[[], int] = lambda: passthrough[argv[0]](argv[1:])
         verbose = False
     else:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        # argparse stops collecting the positional overrides at the first option, so
+        # `train CONFIG --workers 2 key=value` (the README's own example) would be refused:
+        # dotted key=value tokens after an option are overrides too.
+        args, extra = parser.parse_known_args(argv)
+        stray = [t for t in extra if t.startswith("-") or "=" not in t or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if extra:
+            args.overrides = list(args.overrides) + extra
         runner, verbose = (lambda: args.func(args)), args.verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

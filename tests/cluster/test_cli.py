@@ -98,9 +98,13 @@ def test_metrics_placement_is_decided_before_generation(tiny_wan, tmp_path):
 
 
 def test_train_plan_prints_the_memory_plan_without_loading(tiny_wan, tmp_path, capsys):
-    code = main(["train", "--plan", str(CONFIGS / "train/tiny-wan.yaml"), f"model.path={tiny_wan}",
+    # overrides after an option are overrides too (the README's `train CONFIG --workers 2 key=value`)
+    config = CONFIGS / "train/tiny-wan.yaml"
+    code = main(["train", str(config), "--plan", f"model.path={tiny_wan}",
                  "model.mixed_precision=bf16", f"output_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert code == 0 and "memory plan" in out and "transformer" in out and "vae" in out
     assert "with checkpointing" in out and "peak on the accelerator" in out
     assert not (tmp_path / "tiny-wan").exists()  # nothing trained, no run folder
+    with pytest.raises(SystemExit):  # anything else after an option is still refused
+        main(["train", str(config), "--plan", "not-an-override"])
