@@ -20,7 +20,8 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+        raise RuntimeConfigError("a CUDA device was asked for (train.device=cuda, sampling.device=cuda or "
+                                 "parallel.use_gpu=true) but none is visible here; use auto or cpu")
     return torch.device(choice)
 
 

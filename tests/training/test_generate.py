@@ -126,3 +126,13 @@ def test_sd3_bf16_with_an_fp32_vae_decodes(tiny_sd3, tmp_path):
     recs = generate(tiny_sd3, PROMPTS[:1], tmp_path, dtype="bf16", **dict(SHAPE, frames=1))
     assert recs[0].settings["dtypes"] == {"denoiser": "bf16", "vae": "fp32", "text": "bf16"}
     assert Path(recs[0].path).suffix == ".png"
+
+
+def test_cuda_without_a_gpu_names_every_key_that_asks_for_it(tiny_wan, tmp_path):
+    import torch
+
+    from training.runtime import RuntimeConfigError
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeConfigError, match="sampling.device=cuda or parallel.use_gpu=true"):
+        generate(tiny_wan, PROMPTS[:1], tmp_path, device="cuda", **SHAPE)
