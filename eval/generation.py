@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from training.config import ConfigError, format_errors
 from training.generate import SamplingSettings
 from training.models import spec_for_folder
+from training.models.base import CARD_FIELDS
 from training.precision import ComponentDtypes
 
 from .config import EvalConfig
@@ -80,8 +81,7 @@ def resolve_sampling(cfg: EvalConfig, spec: Any) -> tuple[EvalConfig, SamplingSe
         spec, m.path, dtypes=ComponentDtypes.resolve(m.dtype, m.vae_dtype, m.text_encoder_dtype), offload=s.offload,
         width=s.width, height=s.height, frames=s.frames, fps=s.fps, steps=s.steps, guidance=s.guidance,
         shift=s.shift, negative_prompt=s.negative_prompt, max_text_length=s.max_text_length)
-    filled = {k: getattr(settings, k) for k in ("width", "height", "frames", "fps", "steps", "guidance", "shift",
-                                                  "negative_prompt", "max_text_length")}
+    filled = {k: getattr(settings, k) for k in (*CARD_FIELDS, "max_text_length")}
     data = cfg.to_dict()
     data["sampling"].update(filled)
     try:  # re-validate: e.g. metrics.fvd.frames against the now-known frame count
@@ -109,11 +109,13 @@ def make_plan(cfg: EvalConfig) -> Plan:
     max_len = sampling.max_text_length
     prompts = load_prompts(cfg.prompts.file, cfg.prompts.limit)
     limits = spec.text_limits(max_len)
-    prompts, skipped = check_lengths(prompts, token_counts(cfg.model.path, limits, prompts), limits,
+    # The negative prompt is counted with the prompts (one tokenizer load): it would be cut too.
+    negative = [Prompt("negative", sampling.negative_prompt)] if sampling.uses_negative_prompt else []
+    counts = token_counts(cfg.model.path, limits, prompts + negative)
+    prompts, skipped = check_lengths(prompts, {sub: n[:len(prompts)] for sub, n in counts.items()}, limits,
                                      cfg.prompts.too_long)
-    if sampling.guidance > 1 and sampling.negative_prompt:  # the pipeline would cut it silently too
-        neg = token_counts(cfg.model.path, limits, [Prompt("negative", sampling.negative_prompt)])
-        over = [f"{sub}: {n[0]} tokens > {limits[sub]}" for sub, n in neg.items() if n[0] > limits[sub]]
+    if negative:
+        over = [f"{sub}: {n[-1]} tokens > {limits[sub]}" for sub, n in counts.items() if n[-1] > limits[sub]]
         if over:
             raise ConfigError(f"sampling.negative_prompt is longer than the text encoder keeps ({'; '.join(over)}); "
                               "shorten it or raise sampling.max_text_length")

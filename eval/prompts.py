@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from training.config import ConfigError
+from training.generate import token_lengths
 
 log = logging.getLogger("lorabench.eval")
 
@@ -67,16 +68,7 @@ def load_prompts(path: str | Path, limit: Optional[int] = None) -> list[Prompt]:
 
 def token_counts(model_dir: str | Path, limits: dict[str, int], prompts: list[Prompt]) -> dict[str, list[int]]:
     """Tokens per prompt (special tokens included) for each tokenizer subfolder in ``limits``."""
-    from transformers import AutoTokenizer
-
-    counts = {}
-    for sub in limits:
-        folder = Path(model_dir) / sub
-        if not folder.is_dir():
-            raise ConfigError(f"{folder} is missing: the model folder has no {sub}/")
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        counts[sub] = [len(ids) for ids in tok([p.text for p in prompts], add_special_tokens=True)["input_ids"]]
-    return counts
+    return token_lengths(model_dir, limits, [p.text for p in prompts])
 
 
 def check_lengths(prompts: list[Prompt], counts: dict[str, list[int]], limits: dict[str, int],

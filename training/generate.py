@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from .adapters.report import value_counts
 from .media_io import to_uint8, write_mp4, write_png
 from .config import ConfigError
 from .models import ModelSpec, spec_for_folder
+from .models.base import CARD_FIELDS
 from .precision import ComponentDtypes, accept_any_float_input
 from .runtime import Precision, RuntimeConfigError, resolve_device
 from .seeding import sample_seed
@@ -103,29 +104,22 @@ class SamplingSettings:
                 **given: Any) -> "SamplingSettings":
         """``given`` fields left None take the spec's model-card defaults (``spec.sampling_defaults``)."""
         d = spec.sampling_defaults(model_dir)
-        pick = {k: given.get(k) if given.get(k) is not None else getattr(d, k)
-                for k in ("width", "height", "frames", "fps", "steps", "guidance", "shift", "negative_prompt")}
+        pick = {k: given.get(k) if given.get(k) is not None else getattr(d, k) for k in CARD_FIELDS}
         if pick["shift"] is None:  # keep the folder's scheduler: record the value it has
-            pick["shift"] = _folder_shift(model_dir)
+            pick["shift"] = spec.folder_shift(model_dir)
         max_len = given.get("max_text_length") or spec.default_max_text_length
         return cls(**pick, max_text_length=int(max_len), dtypes=dtypes, offload=offload,
                    defaults_source=d.source)
+
+    @property
+    def uses_negative_prompt(self) -> bool:
+        """The pipelines only encode the negative prompt when classifier-free guidance is on."""
+        return self.guidance > 1 and bool(self.negative_prompt)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["dtypes"] = self.dtypes.to_dict()
         return out
-
-
-def _folder_shift(model_dir: str | Path) -> Optional[float]:
-    cfg = Path(model_dir) / "scheduler" / "scheduler_config.json"
-    if not cfg.is_file():
-        return None
-    data = json.loads(cfg.read_text())
-    for key in ("flow_shift", "shift"):
-        if data.get(key) is not None:
-            return float(data[key])
-    return None
 
 
 def load_sampling_pipeline(spec: ModelSpec, model_dir: str | Path, settings: SamplingSettings,
@@ -208,19 +202,31 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
     return records
 
 
+def token_lengths(model_dir: str | Path, subfolders: Iterable[str], texts: list[str]) -> dict[str, list[int]]:
+    """Tokens per text (special tokens included) for each tokenizer subfolder of ``model_dir``."""
+    from transformers import AutoTokenizer
+
+    counts = {}
+    for sub in subfolders:
+        folder = Path(model_dir) / sub
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is missing: the model folder has no {sub}/")
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        counts[sub] = [len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]]
+    return counts
+
+
 def check_prompt_lengths(spec: ModelSpec, model_dir: str | Path, prompts: list[str],
                          settings: SamplingSettings) -> None:
     """Refuse prompts (and the negative prompt, when guidance uses it) the pipeline would truncate."""
-    from transformers import AutoTokenizer
-
-    texts = list(prompts) + ([settings.negative_prompt] if settings.guidance > 1 and settings.negative_prompt else [])
-    for sub, limit in spec.text_limits(settings.max_text_length).items():
-        tok = AutoTokenizer.from_pretrained(str(Path(model_dir) / sub), local_files_only=True)
-        for i, ids in enumerate(tok(texts, add_special_tokens=True)["input_ids"]):
-            if len(ids) > limit:
+    texts = list(prompts) + ([settings.negative_prompt] if settings.uses_negative_prompt else [])
+    limits = spec.text_limits(settings.max_text_length)
+    for sub, lengths in token_lengths(model_dir, limits, texts).items():
+        for i, n in enumerate(lengths):
+            if n > limits[sub]:
                 what = "the negative prompt" if i == len(prompts) else f"prompt {i + 1} ({texts[i][:40]!r}...)"
-                raise ConfigError(f"{what} has {len(ids)} tokens for {sub}, over its limit of {limit}: the pipeline "
-                                 "would cut it silently; shorten it (or raise the max text length)")
+                raise ConfigError(f"{what} has {n} tokens for {sub}, over its limit of {limits[sub]}: the pipeline "
+                                  "would cut it silently; shorten it (or raise the max text length)")
 
 
 def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, settings: SamplingSettings) -> np.ndarray:

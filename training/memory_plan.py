@@ -32,7 +32,7 @@ import torch
 
 from .config import RunConfig
 from .models import ModelSpec, get_spec
-from .precision import DTYPE_NAMES, DTYPES, ComponentDtypes, component_role
+from .precision import DTYPE_NAMES, DTYPES, ComponentDtypes, component_role, kept_in_fp32
 
 GIB = 1024 ** 3
 
@@ -127,8 +127,7 @@ def _fp32_rule(library: str, model: torch.nn.Module, dtype: torch.dtype):
       key (a regex search; ``*`` is a wildcard).
     """
     if library == "diffusers":
-        keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-        return lambda key: bool(keep) and any(k in key.split(".") for k in keep)
+        return kept_in_fp32(model)
     patterns: list[str] = []
     if dtype == torch.float16:
         patterns += list(getattr(model, "_keep_in_fp32_modules", None) or [])

@@ -42,11 +42,6 @@ class Placement:
     def text_encoders(self) -> list[str]:
         return [n for n in self.modules if component_role(n) == "text"]
 
-    def where(self) -> dict[str, str]:
-        """component -> where it lives, for the memory plan and logs."""
-        return {n: ("cpu, moved to %s per use" % self.device) if self.offload else str(self.device)
-                for n in self.modules}
-
     @contextlib.contextmanager
     def use(self, *names: str) -> Iterator[None]:
         """Have ``names`` on the device inside the block (a no-op unless offloading)."""

@@ -18,7 +18,7 @@ on half-precision layers) in fp32, and stay the fp32 masters under every engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -74,6 +74,15 @@ class ComponentDtypes:
         return {"denoiser": self.denoiser, "vae": self.vae, "text": self.text}
 
 
+def kept_in_fp32(model: torch.nn.Module) -> Callable[[str], bool]:
+    """``name -> bool``: does diffusers keep this parameter in fp32 whatever the load dtype?
+
+    diffusers' rule: a *segment* of the dotted name is in the class's ``_keep_in_fp32_modules``.
+    """
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return lambda name: bool(keep) and any(k in name.split(".") for k in keep)
+
+
 def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     """The dtype a model's inputs must have: the dtype of its weights outside the fp32-kept modules.
 
@@ -81,10 +90,10 @@ def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     parameter is the fp32 ``scale_shift_table``); diffusers' ``ModelMixin.dtype`` skips them.
     LoRA parameters (fp32 masters) are skipped too.
     """
-    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    kept = kept_in_fp32(model)
     counts: dict[torch.dtype, int] = {}
     for name, p in model.named_parameters():
-        if not p.is_floating_point() or "lora_" in name or any(k in name.split(".") for k in keep):
+        if not p.is_floating_point() or "lora_" in name or kept(name):
             continue
         counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
     if not counts:
@@ -109,9 +118,9 @@ def dtype_census(model: torch.nn.Module) -> dict[str, dict[str, int]]:
 
 def kept_fp32_dtypes(model: torch.nn.Module) -> dict[str, str]:
     """dtype of every parameter inside the model's ``_keep_in_fp32_modules`` (name -> dtype)."""
-    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    kept = kept_in_fp32(model)
     return {n: DTYPE_NAMES.get(p.dtype, str(p.dtype)) for n, p in model.named_parameters()
-            if "lora_" not in n and any(k in n.split(".") for k in keep)}
+            if "lora_" not in n and kept(n)}
 
 
 def accept_any_float_input(module: torch.nn.Module) -> torch.nn.Module:

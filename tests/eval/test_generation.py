@@ -197,3 +197,13 @@ def test_more_config_errors_name_the_field(tiny_wan, tiny_wan_run, tmp_path):
                                                "checkpoints: latest}]"))
     with pytest.raises(ConfigError, match="metrics.fvd.frames=16 but samples have sampling.frames=9"):
         eval_cfg(tiny_wan, tmp_path, "metrics.enabled=true", "metrics.fvd.frames=16")
+
+
+def test_a_negative_prompt_over_the_limit_stops_the_plan(tiny_wan, tmp_path):
+    from eval.generation import make_plan
+    from training.config import ConfigError
+    with pytest.raises(ConfigError, match=r"sampling.negative_prompt is longer than the text encoder keeps "
+                                          r"\(tokenizer: \d+ tokens > 32\)"):
+        make_plan(eval_cfg(tiny_wan, tmp_path, "sampling.guidance=3.0", "sampling.negative_prompt=" + "red " * 40))
+    # CFG off: the pipelines never encode it, so it is not checked
+    make_plan(eval_cfg(tiny_wan, tmp_path, "sampling.guidance=1.0", "sampling.negative_prompt=" + "red " * 40))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +63,10 @@ class SamplingDefaults:
     shift: Optional[float]
     negative_prompt: str
     source: str
+
+
+#: the SamplingDefaults fields a user's sampling settings may override (all but ``source``)
+CARD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingDefaults) if f.name != "source")
 
 
 @dataclass
@@ -183,12 +187,15 @@ class ModelSpec(ABC):
     def sampling_defaults(self, path: str | Path) -> SamplingDefaults:
         """The model card's sampling settings for the model in ``path`` (read from its configs)."""
 
-    def scheduler_shift(self, pipe: Any) -> Optional[float]:
-        """The flow shift the pipeline's scheduler samples with now (None if it has none)."""
-        cfg = pipe.scheduler.config
+    def folder_shift(self, path: str | Path) -> Optional[float]:
+        """The flow shift in the folder's ``scheduler/scheduler_config.json`` (None if it has none)."""
+        cfg = Path(path) / "scheduler" / "scheduler_config.json"
+        if not cfg.is_file():
+            return None
+        data = json.loads(cfg.read_text())
         for key in ("flow_shift", "shift"):
-            if cfg.get(key) is not None:
-                return float(cfg[key])
+            if data.get(key) is not None:
+                return float(data[key])
         return None
 
     def set_sampling_shift(self, pipe: Any, shift: Optional[float]) -> None:

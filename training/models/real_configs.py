@@ -25,36 +25,41 @@ from typing import Any, Optional
 
 # ----------------------------------------------------------------------------- shared pieces
 
+def _t5_xxl_encoder(architecture: str, model_type: str, vocab_size: int, **extra: Any) -> dict[str, Any]:
+    """The T5-XXL encoder geometry shared by google/t5-v1_1-xxl and google/umt5-xxl."""
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "d_model": 4096,
+        "d_ff": 10240,
+        "d_kv": 64,
+        "num_heads": 64,
+        "num_layers": 24,
+        "num_decoder_layers": 24,
+        "vocab_size": vocab_size,
+        "feed_forward_proj": "gated-gelu",
+        "dense_act_fn": "gelu_new",
+        "is_gated_act": True,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "layer_norm_epsilon": 1e-6,
+        "dropout_rate": 0.1,
+        "classifier_dropout": 0.0,
+        "initializer_factor": 1.0,
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": False,
+        "decoder_start_token_id": 0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "use_cache": True,
+        **extra,
+    }
+
+
 # google/umt5-xxl encoder as shipped in the Wan repos' text_encoder/config.json
 # (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, Wan-AI/Wan2.2-TI2V-5B-Diffusers).
-_UMT5_XXL: dict[str, Any] = {
-    "architectures": ["UMT5EncoderModel"],
-    "model_type": "umt5",
-    "d_model": 4096,
-    "d_ff": 10240,
-    "d_kv": 64,
-    "num_heads": 64,
-    "num_layers": 24,
-    "num_decoder_layers": 24,
-    "vocab_size": 256384,
-    "feed_forward_proj": "gated-gelu",
-    "dense_act_fn": "gelu_new",
-    "is_gated_act": True,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-6,
-    "dropout_rate": 0.1,
-    "classifier_dropout": 0.0,
-    "initializer_factor": 1.0,
-    "is_encoder_decoder": True,
-    "scalable_attention": True,
-    "tie_word_embeddings": False,
-    "decoder_start_token_id": 0,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-    "tokenizer_class": "T5Tokenizer",
-    "use_cache": True,
-}
+_UMT5_XXL = _t5_xxl_encoder("UMT5EncoderModel", "umt5", 256384, scalable_attention=True,
+                            tokenizer_class="T5Tokenizer")
 
 # Wan's released flow-matching scheduler: UniPC with flow sigmas and a resolution-dependent shift.
 def _wan_scheduler(flow_shift: float) -> dict[str, Any]:
@@ -254,32 +259,7 @@ REAL_CONFIGS: dict[str, dict[str, Any]] = {
             "text_encoder": _clip_text(768, 12, 12, 3072, 768, "quick_gelu"),
             "text_encoder_2": _clip_text(1280, 32, 20, 5120, 1280, "gelu"),
             # google/t5-v1_1-xxl encoder
-            "text_encoder_3": {
-                "architectures": ["T5EncoderModel"],
-                "model_type": "t5",
-                "d_model": 4096,
-                "d_ff": 10240,
-                "d_kv": 64,
-                "num_heads": 64,
-                "num_layers": 24,
-                "num_decoder_layers": 24,
-                "vocab_size": 32128,
-                "feed_forward_proj": "gated-gelu",
-                "dense_act_fn": "gelu_new",
-                "is_gated_act": True,
-                "relative_attention_num_buckets": 32,
-                "relative_attention_max_distance": 128,
-                "layer_norm_epsilon": 1e-6,
-                "dropout_rate": 0.1,
-                "classifier_dropout": 0.0,
-                "initializer_factor": 1.0,
-                "is_encoder_decoder": True,
-                "tie_word_embeddings": False,
-                "decoder_start_token_id": 0,
-                "pad_token_id": 0,
-                "eos_token_id": 1,
-                "use_cache": True,
-            },
+            "text_encoder_3": _t5_xxl_encoder("T5EncoderModel", "t5", 32128),
             "scheduler": {
                 "_class_name": "FlowMatchEulerDiscreteScheduler",
                 "num_train_timesteps": 1000,
