@@ -136,3 +136,9 @@ def test_cuda_without_a_gpu_names_every_key_that_asks_for_it(tiny_wan, tmp_path)
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeConfigError, match="sampling.device=cuda or parallel.use_gpu=true"):
         generate(tiny_wan, PROMPTS[:1], tmp_path, device="cuda", **SHAPE)
+
+
+def test_offload_without_a_gpu_is_a_clear_error(tiny_wan, tmp_path):
+    from training.runtime import RuntimeConfigError
+    with pytest.raises(RuntimeConfigError, match="CPU offload .* needs a CUDA device .* drop the offload option"):
+        generate(tiny_wan, PROMPTS[:1], tmp_path, offload=True, device="cpu", **SHAPE)
