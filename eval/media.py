@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+from training.errors import LorabenchError
 
 
-class MediaError(ValueError):
+class MediaError(LorabenchError, ValueError):
     """A sample file that cannot be read; metrics count it as skipped, with the reason."""
 
 

@@ -23,12 +23,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .layout import MANIFEST, RunLayout
+from training.errors import LorabenchError
 
 STATE_FILE = "state.json"
 MANIFEST_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LorabenchError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the run resuming from it."""
 
 

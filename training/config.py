@@ -13,9 +13,10 @@ from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from training.errors import LorabenchError
 
 
-class ConfigError(ValueError):
+class ConfigError(LorabenchError, ValueError):
     """A configuration problem the user must fix; the message says where and how."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from safetensors.torch import save_file
+from training.errors import LorabenchError
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -31,7 +32,7 @@ DIFFUSERS_PREFIX = "transformer."
 ADAPTER_NAME = "default"
 
 
-class LoraTargetError(ValueError):
+class LoraTargetError(LorabenchError, ValueError):
     """Requested LoRA target modules do not exist in the model."""
 
 

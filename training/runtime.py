@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any, ContextManager
 
 import torch
+from training.errors import LorabenchError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class RuntimeConfigError(ValueError):
+class RuntimeConfigError(LorabenchError, ValueError):
     """A switch asks for something this machine cannot do."""
 
 

@@ -19,13 +19,14 @@ import torch
 
 from ..checkpoint import config_hash
 from .names import block_count
+from training.errors import LorabenchError
 
 if TYPE_CHECKING:
     from .formats import Adapter, ModuleLora
     from .names import ModelInfo
 
 
-class AdapterError(RuntimeError):
+class AdapterError(LorabenchError, RuntimeError):
     """The adapter cannot be read, does not fit the model, or has no effect."""
 
     def __init__(self, message: str, report: Optional["AdapterReport"] = None):

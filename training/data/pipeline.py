@@ -50,11 +50,12 @@ from webdataset import tariterators
 
 from .decode import BadSample, caption_of, decode_image, decode_video, media_of
 from .shards import EpochPlan, epoch_plan, epoch_seed, shard_assignment
+from training.errors import LorabenchError
 
 log = logging.getLogger("lorabench.data")
 
 
-class DataError(RuntimeError):
+class DataError(LorabenchError, RuntimeError):
     """The data cannot be used for training; the message says which shards/keys and why."""
 
 

@@ -15,8 +15,9 @@ from typing import Any, Optional
 import torch
 
 from ..precision import ComponentDtypes, component_role
+from training.errors import LorabenchError
 
-class ModelFolderError(ValueError):
+class ModelFolderError(LorabenchError, ValueError):
     """The model folder is missing, incomplete or of another family."""
 
 
