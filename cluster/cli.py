@@ -1,8 +1,9 @@
 """The ``lorabench`` command: parse, build, run. Each subcommand is a typed function.
 
-Known user errors (bad config, missing files, a model folder of the wrong family, bad data past
-the threshold, an adapter that does not apply) exit non-zero with one message naming the cause
-and the fix; anything else propagates with its traceback.
+Known user errors (every training.errors.LorabenchError: bad config, missing files, a model
+folder of the wrong family, bad data past the threshold, an adapter that does not apply) exit
+with code 2 and one message naming the cause and the fix; ``--debug`` (anywhere on the command
+line) or ``LORABENCH_DEBUG=1`` adds their traceback. Anything else propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -14,20 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-EXIT_USER_ERROR = 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:  # ResourceError is a ConfigError
-    from training.adapters import AdapterError
-    from training.checkpoint import CheckpointError
-    from training.config import ConfigError
-    from training.data.pipeline import DataError
-    from training.lora import LoraTargetError
-    from training.models import ModelFolderError
-    from training.runtime import RuntimeConfigError
-    from eval.media import MediaError
-    return (ConfigError, CheckpointError, DataError, ModelFolderError, AdapterError,
-            RuntimeConfigError, LoraTargetError, FileNotFoundError, MediaError)
+from training.errors import DEBUG_FLAG, EXIT_USER_ERROR, run_entry, split_debug_flag  # noqa: F401
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -158,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorabench", description="Train and benchmark LoRA adapters "
                                 "for diffusion models (Wan video, SD3 image).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of user errors too "
+                   "(also LORABENCH_DEBUG=1); accepted anywhere on the command line")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a LoRA from a YAML config",
@@ -242,6 +232,7 @@ def _quiet_library_progress() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug_flag(argv)  # global: the subcommands with their own parsers never see it
     passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval}
     if argv and argv[0] in passthrough:
         runner: Callable[[], int] = lambda: passthrough[argv[0]](argv[1:])
@@ -262,11 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         _quiet_library_progress()
-    try:
-        return runner()
-    except _user_errors() as e:
-        print(f"lorabench: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return run_entry("lorabench", runner, debug=debug)
 
 
 if __name__ == "__main__":

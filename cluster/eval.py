@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from eval.config import EvalConfig, load_eval_config
 from eval.generation import Plan
 from training.config import ConfigError
+from training.errors import run_entry, split_debug_flag
 
 log = logging.getLogger("lorabench.cluster")
 
@@ -116,21 +117,19 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + "\nusage: python -m cluster.eval CONFIG [key=value ...]\n"
               "  e.g. parallel.num_workers=4 parallel.use_gpu=true prompts.samples_per_prompt=4")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from training.adapters import AdapterError
-    try:
-        body = run(load_eval_config(argv[0], argv[1:]))
-    except (ConfigError, AdapterError, FileNotFoundError) as e:
-        print(f"cluster.eval: error: {e}", file=sys.stderr)
-        return 2
-    from eval.results import summary_text
-    print(summary_text(body))
-    return 0
+
+    def body() -> int:
+        from eval.results import summary_text
+        print(summary_text(run(load_eval_config(argv[0], argv[1:]))))
+        return 0
+
+    return run_entry("cluster.eval", body, debug=debug)
 
 
 if __name__ == "__main__":

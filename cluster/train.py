@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from training.config import ConfigError, RunConfig, load_config
+from training.errors import run_entry, split_debug_flag
 
 log = logging.getLogger("lorabench.cluster")
 
@@ -192,21 +193,19 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + "\nusage: python -m cluster.train CONFIG [key=value ...]\n"
               "  (parallel.backend=ray is implied; e.g. parallel.num_workers=2 "
               "deepspeed.config=configs/deepspeed/zero2.json)")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(argv[0], ["parallel.backend=ray", *argv[1:]])
-        body = run(cfg)
-    except ConfigError as e:
-        print(f"cluster.train: error: {e}", file=sys.stderr)
-        return 2
-    print_summary(body)
-    return 0
+
+    def body() -> int:
+        print_summary(run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]])))
+        return 0
+
+    return run_entry("cluster.train", body, debug=debug)
 
 
 def print_summary(body: dict[str, Any]) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from training.config import ConfigError, describe_fields, load_typed
+from training.config import ConfigError, Section, describe_fields, load_typed
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+# The same strict section rules as the training config (no typos, no NaN, no bools as numbers).
+_Section = Section
 
 
 class EvalModelConfig(_Section):

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from training.config import ConfigError, format_errors
 from training.generate import SamplingSettings
 from training.models import spec_for_folder
+from training.outputs import check_writable_dir
 from training.models.base import CARD_FIELDS
 from training.precision import ComponentDtypes
 
@@ -93,6 +94,7 @@ def resolve_sampling(cfg: EvalConfig, spec: Any) -> tuple[EvalConfig, SamplingSe
 
 def make_plan(cfg: EvalConfig) -> Plan:
     """Everything decided before a model loads; writes eval.json and manifest.jsonl."""
+    check_writable_dir(cfg.out_dir, "output_dir")
     spec = spec_for_folder(cfg.model.path)
     spec.validate_folder(cfg.model.path)
     cfg, sampling = resolve_sampling(cfg, spec)

@@ -15,17 +15,15 @@ import logging
 import sys
 from typing import Optional
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
-from .data.pipeline import DataError
 from .engine import world_from_env
-from .runtime import RuntimeConfigError
+from .errors import run_entry, split_debug_flag
 
 USAGE = "usage: python -m training CONFIG [key=value ...]   (run by torchrun / accelerate launch)"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__ + "\n" + USAGE)
         return 0 if argv else 2
@@ -33,19 +31,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     from .trainer import Trainer
-    try:
+
+    def body() -> int:
         cfg = load_config(argv[0], argv[1:])
         if cfg.parallel.backend != "none":
             raise ConfigError("parallel.backend=ray is started by `python -m cluster.train`, not by "
                               "`python -m training` (which is one rank under torchrun)")
         result = Trainer(cfg).run()
-    except (ConfigError, CheckpointError, DataError, RuntimeConfigError, FileNotFoundError) as e:
-        print(f"rank {rank}: error: {e}", file=sys.stderr)
-        return 2
-    if rank == 0:
-        print(f"run dir: {result.run_dir}  steps: {result.steps}  final checkpoint: "
-              f"{result.final_checkpoint}  ({result.seconds:.1f}s)\n{result.skipped}")
-    return 0
+        if rank == 0:
+            print(f"run dir: {result.run_dir}  steps: {result.steps}  final checkpoint: "
+                  f"{result.final_checkpoint}  ({result.seconds:.1f}s)\n{result.skipped}")
+        return 0
+
+    return run_entry(f"rank {rank}", body, debug=debug)
 
 
 if __name__ == "__main__":

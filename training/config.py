@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from training.errors import LorabenchError
 
 
@@ -20,9 +20,52 @@ class ConfigError(LorabenchError, ValueError):
     """A configuration problem the user must fix; the message says where and how."""
 
 
-class _Section(BaseModel):
-    # extra="forbid": a typo such as ``optim.lrr`` must fail, never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a YAML boolean (``bool`` or a bool ``Literal`` somewhere in it)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in get_args(annotation))
+    return any(_accepts_bool(a) for a in get_args(annotation))
+
+
+def _contains_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(_contains_bool(v) for v in value)
+
+
+class Section(BaseModel):
+    """Base of every config section (train and eval): strict where YAML is lax.
+
+    - ``extra="forbid"``: a typo such as ``optim.lrr`` must fail, never be silently ignored.
+    - no ``nan``/``inf`` floats: they are accepted by YAML (``.nan``) and by pydantic and only
+      show up later as a NaN loss.
+    - no booleans for numbers: pydantic takes ``true`` as 1, so ``lora.rank: true`` trained rank 1.
+    - no empty list where an empty list means nothing (``lora.target_modules: []`` trained the
+      default targets while config.yaml recorded ``[]``): use null for the default.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_values(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if _contains_bool(value) and not _accepts_bool(field.annotation):
+            raise ValueError("a boolean is not a number here; write the number itself")
+        if isinstance(value, list) and not value:
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            if default != []:
+                meaning = "" if field.is_required() else ", or null for the default"
+                raise ValueError(f"an empty list means nothing here: list at least one value{meaning}")
+        return value
+
+
+_Section = Section
 
 
 class ModelConfig(_Section):
@@ -48,6 +91,16 @@ class ModelConfig(_Section):
         False, description="Keep the text encoder(s) and VAE in CPU memory and move each to the accelerator "
                            "only while it encodes (saves their bytes on the GPU, costs a copy per step)."
     )
+
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from training.models import families  # the registry imports no model code until asked
+        if v not in families():
+            close = difflib.get_close_matches(v, families(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{v!r} is not a registered model family{hint}; registered: {', '.join(families())}")
+        return v
 
 
 class LoraConfig(_Section):
@@ -245,7 +298,8 @@ def format_errors(err: ValidationError, source: str, model_cls: type[BaseModel] 
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {key}: {e['msg']}{got_s}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+            lines.append(f"  {key}: {msg}{got_s}")
     return "\n".join(lines)
 
 
@@ -279,6 +333,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}:{line}: key {key!r} is repeated (first at line {seen[key]}); "
+                                  "YAML would silently keep the last one: delete one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Union[str, Path]) -> Any:
+    """Parse a YAML file safely, refusing repeated keys; errors are ConfigErrors naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read it as text ({e})") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(p)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: Union[str, Path, None], overrides: Optional[list[str]] = None,
                 base: Optional[dict[str, Any]] = None) -> RunConfig:
     """Load a YAML config (or ``base`` dict), apply overrides and validate.
@@ -301,10 +387,7 @@ def load_typed(model_cls: type[M], path: Union[str, Path, None], overrides: Opti
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p} (shipped configs live in {shipped})")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        data = read_yaml(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
         source = str(p)

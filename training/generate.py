@@ -24,6 +24,7 @@ from .media_io import to_uint8, write_mp4, write_png
 from .config import ConfigError
 from .models import ModelSpec, spec_for_folder
 from .models.base import CARD_FIELDS
+from .outputs import check_writable_dir
 from .precision import ComponentDtypes, accept_any_float_input
 from .runtime import Precision, RuntimeConfigError, resolve_device
 from .seeding import sample_seed
@@ -55,9 +56,13 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"prompts file not found: {p}")
+        raise ConfigError(f"prompts file not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the prompts file as UTF-8") from None
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or (p.suffix != ".jsonl" and line.startswith("#")):
             continue
@@ -68,12 +73,12 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             obj = json.loads(line)
             text = obj["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{p}:{n}: expected a JSON object with a \"prompt\" field") from None
+            raise ConfigError(f"{p}:{n}: expected a JSON object with a \"prompt\" field") from None
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{p}:{n}: \"prompt\" must be a non-empty string")
+            raise ConfigError(f"{p}:{n}: \"prompt\" must be a non-empty string")
         rows.append((n, {**obj, "prompt": text.strip()}))
     if not rows:
-        raise ValueError(f"{p} holds no prompts")
+        raise ConfigError(f"{p} holds no prompts (blank lines and '#' comments are skipped): add one prompt per line")
     return rows
 
 
@@ -158,6 +163,7 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
     Settings left None take the model card's values (``spec.sampling_defaults``). ``dtype``
     'auto' is bf16 on a GPU and fp32 on CPU.
     """
+    check_writable_dir(out_dir, "--out")
     spec: ModelSpec = spec_for_folder(str(model_dir))
     dev = resolve_device(device)
     if dtype == "auto":
@@ -170,7 +176,9 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
                                         max_text_length=max_text_length)
     problems = spec.geometry(model_dir).check(settings.width, settings.height, settings.frames)
     if problems:
-        raise ValueError("invalid sampling shape:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid sampling shape: " + "; ".join(
+            p.replace("data.width", "--width").replace("data.height", "--height").replace("data.frames", "--frames")
+            for p in problems))
     check_prompt_lengths(spec, model_dir, prompts, settings)
     pipe = load_sampling_pipeline(spec, model_dir, settings, dev)
     info: Optional[AdapterReport] = None

@@ -42,6 +42,7 @@ from .layout import CKPT_CONFIG, TRAIN_STATE, RunLayout
 from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, inject_lora, lora_named_parameters, lora_parameters,
                    peft_config, write_adapter)
 from .models import ModelSpec, get_spec
+from .outputs import check_writable_dir
 from .objectives import noisy_and_target, sample_sigmas, shift_sigmas
 from .placement import Placement
 from .precision import ComponentDtypes, dtype_census, kept_fp32_dtypes
@@ -88,6 +89,8 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Op
     Run by each rank before loading anything, and by launchers (the Ray driver) before
     starting workers. Returns the resolved shard list and the checkpoint to resume from.
     """
+    layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
+    check_writable_dir(layout.root, "output_dir")  # before minutes of model loading, not after
     geo = get_spec(cfg.model.family).geometry(cfg.model.path)
     problems = geo.check(cfg.data.width, cfg.data.height, cfg.data.frames)
     if problems:
@@ -98,7 +101,6 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Op
         shard_assignment(shards, cfg.seed, 0, rank, world_size)
     except ValueError as e:
         raise ConfigError(f"data.shards: {e}") from None
-    layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
     resume_from = resolve_resume(layout, cfg.train.resume)
     if resume_from is None and layout.complete_checkpoints():
         raise ConfigError(

@@ -33,6 +33,7 @@ import torch
 
 from .base import MetricResult
 from .bootstrap import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
+from training.errors import MissingFileError
 
 DEFAULT_FRAMES = 8
 REFERENCE = "torchmetrics CLIPScore"
@@ -101,7 +102,7 @@ class ClipModel:
 
         self.path = Path(path).expanduser()
         if not (self.path / "config.json").is_file():
-            raise FileNotFoundError(f"CLIP model folder {self.path} has no config.json: give a local folder "
+            raise MissingFileError(f"CLIP model folder {self.path} has no config.json: give a local folder "
                                     f"written by save_pretrained (or a hub-cache snapshot), set metrics.clip.path")
         self.device = torch.device(device)
         self.model = CLIPModel.from_pretrained(self.path, local_files_only=True).eval().to(self.device)

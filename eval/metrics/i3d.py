@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from training.errors import MissingFileError
 
 NUM_CLASSES = 400
 MIN_FRAMES = 9
@@ -273,7 +274,7 @@ def load_i3d(path: str | Path, *, bn_eps: float = DEFAULT_BN_EPS) -> nn.Module:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"I3D weights not found: {path}. FVD needs a local Kinetics-400 I3D file: "
+        raise MissingFileError(f"I3D weights not found: {path}. FVD needs a local Kinetics-400 I3D file: "
                                 f"StyleGAN-V's i3d_torchscript.pt or VideoGPT's i3d_pretrained_400.pt; "
                                 f"set metrics.fvd.i3d_path to it")
     if _is_torchscript(path):

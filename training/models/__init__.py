@@ -25,7 +25,7 @@ def get_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, families(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown model family {name!r}{hint}; registered: {', '.join(families())}")
+        raise ModelFolderError(f"unknown model family {name!r}{hint}; registered: {', '.join(families())}")
     return _REGISTRY[name]()
 
 

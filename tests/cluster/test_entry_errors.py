@@ -1,0 +1,71 @@
+"""One error handler for every entry point: a user error is one message and exit code 2.
+
+Run as real subprocesses, exactly as a user or a launcher starts them.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from training.errors import EXIT_USER_ERROR, LorabenchError, run_entry
+
+from ..conftest import CONFIGS, REPO
+
+BAD = [f"{CONFIGS / 'train/tiny-wan.yaml'}", "lora.rank=true"]
+ENTRY_POINTS = {
+    "lorabench": ["-m", "cluster.cli", "train", *BAD],
+    "python -m training": ["-m", "training", *BAD],
+    "python -m cluster.train": ["-m", "cluster.train", *BAD],
+    "python -m cluster.eval": ["-m", "cluster.eval", str(CONFIGS / "eval/tiny-wan.yaml"), "sampling.steps=true"],
+}
+PREFIX = {"lorabench": "lorabench: error:", "python -m training": "rank 0: error:",
+          "python -m cluster.train": "cluster.train: error:", "python -m cluster.eval": "cluster.eval: error:"}
+
+
+def _run(args, **env):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **env))
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_user_error_is_one_message_and_exit_2(name):
+    p = _run(ENTRY_POINTS[name])
+    assert p.returncode == EXIT_USER_ERROR, p.stderr
+    assert "Traceback" not in p.stderr
+    assert PREFIX[name] in p.stderr and "a boolean is not a number here" in p.stderr
+
+
+@pytest.mark.parametrize("name", ["lorabench", "python -m training"])
+def test_debug_shows_the_traceback_and_keeps_exit_2(name):
+    p = _run(ENTRY_POINTS[name], LORABENCH_DEBUG="1")
+    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX[name] in p.stderr
+    p = _run([*ENTRY_POINTS[name][:2], "--debug", *ENTRY_POINTS[name][2:]])
+    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr, p.stderr
+
+
+def test_unexpected_exceptions_keep_their_traceback(capsys):
+    def bug() -> int:
+        raise ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        run_entry("x", bug)
+
+    def user() -> int:
+        raise LorabenchError("data.shards: nothing there")
+    assert run_entry("x", user) == EXIT_USER_ERROR
+    assert capsys.readouterr().err == "x: error: data.shards: nothing there\n"
+
+
+def test_a_user_error_wrapped_by_ray_is_shown_as_the_original():
+    from training.errors import user_error
+    from training.data.pipeline import DataError
+    import ray.exceptions
+    original = DataError("shard-0.tar: truncated")
+    try:
+        raise ray.exceptions.RayTaskError("f", "Traceback (most recent call last):\n  ...", original)
+    except ray.exceptions.RayTaskError as wrapped:
+        try:
+            raise RuntimeError("Training failed") from wrapped
+        except RuntimeError as outer:
+            assert user_error(outer) is original
