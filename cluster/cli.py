@@ -98,8 +98,7 @@ def cmd_adapter(argv: list[str]) -> int:
     return main(argv)
 
 
-def cmd_eval(argv: list[str]) -> int:
-    """``lorabench eval CONFIG [k=v ...]`` or ``lorabench eval metrics --from DIR [k=v ...]``."""
+def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorabench eval", description=(
         "Generate base/adapter/checkpoint samples on fixed seeds (Ray actors) and compute metrics. "
         "Overrides are dotted key=value pairs, e.g. parallel.num_workers=4 prompts.samples_per_prompt=8. "
@@ -111,6 +110,12 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, help="Ray actors (same as parallel.num_workers=N)")
     p.add_argument("--local", action="store_true", help="generate in this process (parallel.backend=none)")
     p.add_argument("--help-config", action="store_true", help="list every eval config key with its meaning")
+    return p
+
+
+def cmd_eval(argv: list[str]) -> int:
+    """``lorabench eval CONFIG [k=v ...]`` or ``lorabench eval metrics --from DIR [k=v ...]``."""
+    p = eval_parser()
     args = p.parse_intermixed_args(argv)  # `metrics --from DIR k=v`: positionals after an option
     from eval.config import help_text, load_eval_config
     from eval.results import recompute, summary_text
@@ -230,25 +235,31 @@ def _quiet_library_progress() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def parse_command(argv: list[str]) -> tuple[Callable[[], int], bool]:
+    """(runner, verbose) for a ``lorabench`` command line; parse errors exit like argparse's.
+
+    Subcommands with their own parsers (make-data, adapter, eval) parse inside the runner.
+    """
+    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval}
+    if argv and argv[0] in passthrough:
+        return (lambda: passthrough[argv[0]](argv[1:])), False
+    parser = build_parser()
+    # argparse stops collecting the positional overrides at the first option, so
+    # `train CONFIG --workers 2 key=value` (the README's own example) would be refused:
+    # dotted key=value tokens after an option are overrides too.
+    args, extra = parser.parse_known_args(argv)
+    stray = [t for t in extra if t.startswith("-") or "=" not in t or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return (lambda: args.func(args)), args.verbose
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, debug = split_debug_flag(argv)  # global: the subcommands with their own parsers never see it
-    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval}
-    if argv and argv[0] in passthrough:
-        runner: Callable[[], int] = lambda: passthrough[argv[0]](argv[1:])
-        verbose = False
-    else:
-        parser = build_parser()
-        # argparse stops collecting the positional overrides at the first option, so
-        # `train CONFIG --workers 2 key=value` (the README's own example) would be refused:
-        # dotted key=value tokens after an option are overrides too.
-        args, extra = parser.parse_known_args(argv)
-        stray = [t for t in extra if t.startswith("-") or "=" not in t or not hasattr(args, "overrides")]
-        if stray:
-            parser.error(f"unrecognized arguments: {' '.join(stray)}")
-        if extra:
-            args.overrides = list(args.overrides) + extra
-        runner, verbose = (lambda: args.func(args)), args.verbose
+    runner, verbose = parse_command(argv)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
