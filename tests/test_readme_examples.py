@@ -54,8 +54,8 @@ def test_the_readme_has_the_commands_this_test_reads():
 
 
 @pytest.mark.parametrize("cmd", readme_commands())
-def test_every_readme_command_parses_and_its_config_validates(cmd, capsys):
-    from cluster.cli import eval_parser, parse_command
+def test_every_readme_command_parses_and_its_config_validates(cmd):
+    from cluster.cli import build_parser, eval_parser, parse_command
     from eval.config import load_eval_config
     from training.config import load_config
 
@@ -67,10 +67,8 @@ def test_every_readme_command_parses_and_its_config_validates(cmd, capsys):
             if args.config and args.config != "metrics":
                 load_eval_config(REPO / args.config, args.overrides)
             return
-        _, _ = parse_command(argv)
-        if argv[0] == "train" and not "--help-config" in argv:
-            import argparse  # noqa: F401
-            from cluster.cli import build_parser
+        parse_command(argv)  # exits (SystemExit) on anything argparse refuses
+        if argv[0] == "train" and "--help-config" not in argv:
             ns, extra = build_parser().parse_known_args(argv)
             load_config(REPO / ns.config, [*ns.overrides, *extra])
         return
