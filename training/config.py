@@ -135,6 +135,21 @@ class DataConfig(_Section):
                                         "taking data.frames; null: the clip's native rate (set it to the model's "
                                         "rate: 16 for Wan2.1, 24 for Wan2.2-TI2V-5B)."
     )
+    long_captions: Literal["truncate", "skip", "error"] = Field(
+        "truncate", description="Captions over the text encoder's token limit: train on their first tokens "
+                                "(counted as caption_truncated), skip the sample (counted as caption_too_long), "
+                                "or stop with an error."
+    )
+
+    @field_validator("shards")
+    @classmethod
+    def _shards_named(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        items = [v] if isinstance(v, str) else list(v)
+        if not items:
+            raise ValueError("no shards given: name a directory, a brace pattern or a list of tar paths/URLs")
+        if any(not item.strip() for item in items):
+            raise ValueError("an empty shard path: name a directory, a brace pattern or a list of tar paths/URLs")
+        return v
 
 
 class OptimConfig(_Section):

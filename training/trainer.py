@@ -23,21 +23,24 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from . import __version__
 from .callbacks import Callback, JsonlLogger, NonFiniteGuard, ProgressBar, TensorBoardLogger
 from .adapters import inspect_adapter
-from .checkpoint import (CheckpointError, RankState, begin_checkpoint, config_hash, publish_checkpoint,
-                         read_manifest, read_shared_state, resolve_resume, write_shared_state)
+from .checkpoint import (CheckpointError, CheckpointSpaceError, RankState, begin_checkpoint, config_hash,
+                         publish_checkpoint, read_checkpoint_config, read_manifest, read_shared_state,
+                         remove_temp_checkpoints, resolve_resume, space_errors, space_shortfall,
+                         write_shared_state)
 from .config import ConfigError, RunConfig, dump_config
 from .data.pipeline import ShardStream, SkipCounter, batches
-from .data.index import shard_sample_counts
+from .data.captions import CaptionLengthCheck
+from .data.index import scan_shards
 from .data.prefetch import Prefetched, Prefetcher
 from .data.shards import list_shards, shard_assignment
 from .engine import Engine, make_engine, world_from_env
+from .fsio import atomic_write_text
 from .layout import CKPT_CONFIG, TRAIN_STATE, RunLayout
 from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, inject_lora, lora_named_parameters, lora_parameters,
                    peft_config, write_adapter)
@@ -58,7 +61,7 @@ _RESUME_INVARIANTS = ["seed", "model.family", "model.path", "model.mixed_precisi
                       "data.shuffle_buffer", "train.batch_size", "train.grad_accum",
                       "train.timestep_sampling", "train.logit_mean", "train.logit_std", "optim.lr",
                       "optim.betas", "optim.eps", "optim.weight_decay", "optim.warmup_steps",
-                      "optim.schedule", "optim.min_lr_ratio"]
+                      "optim.schedule", "optim.min_lr_ratio", "data.long_captions", "data.max_text_length"]
 RESULT_FILE = "result.json"
 SHARD_INDEX = "shard_index.json"
 
@@ -77,10 +80,26 @@ class TrainResult:
         return self.checkpoints[-1] if self.checkpoints else None
 
 
+_MISSING = object()
+
+
 def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    """``d[a][b]`` for ``a.b``; a key an older checkpoint's config lacks reads as its default."""
     for part in dotted.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
+        d = d.get(part, _MISSING) if isinstance(d, dict) else _MISSING
+        if d is _MISSING:
+            return _default(dotted)
     return d
+
+
+def _default(dotted: str) -> Any:
+    model: Any = RunConfig
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[leaf]  # KeyError: a listed invariant that is not a config field
+    value = None if field.is_required() else field.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Optional[Path]]:
@@ -90,7 +109,8 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Op
     starting workers. Returns the resolved shard list and the checkpoint to resume from.
     """
     layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
-    check_writable_dir(layout.root, "output_dir")  # before minutes of model loading, not after
+    check_writable_dir(cfg.output_dir, "output_dir")  # before minutes of model loading, not after
+    check_writable_dir(layout.root, "run_name")
     geo = get_spec(cfg.model.family).geometry(cfg.model.path)
     problems = geo.check(cfg.data.width, cfg.data.height, cfg.data.frames)
     if problems:
@@ -102,7 +122,7 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Op
     except ValueError as e:
         raise ConfigError(f"data.shards: {e}") from None
     resume_from = resolve_resume(layout, cfg.train.resume)
-    if resume_from is None and layout.complete_checkpoints():
+    if resume_from is None and (layout.complete_checkpoints() or layout.damaged_checkpoints()):
         raise ConfigError(
             f"{layout.root} already holds checkpoints; resume with train.resume=auto, or "
             f"choose another run_name (nothing is overwritten)")
@@ -112,7 +132,7 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Op
 
 
 def _check_resume_config(cfg: RunConfig, ckpt: Path) -> None:
-    old = yaml.safe_load((ckpt / CKPT_CONFIG).read_text())
+    old = read_checkpoint_config(ckpt)  # checked against the manifest's sha256: one-line errors
     new = cfg.to_dict()
     changed = [k for k in _RESUME_INVARIANTS if _lookup(old, k) != _lookup(new, k)]
     if changed:
@@ -213,15 +233,22 @@ class Trainer:
         # Balanced epochs: every rank yields the same number of samples per epoch whatever the
         # shard sizes (see data.pipeline), from per-shard counts cached in the run folder.
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        counts = shard_sample_counts(self.shards, cache=self.layout.root / SHARD_INDEX)
+        # Bad shards (truncated, empty, unreadable) are counted and left out, within data.max_bad_fraction.
+        scan = scan_shards(self.shards, cache=self.layout.root / SHARD_INDEX)
+        scan.check(cfg.data.max_bad_fraction, self.world_size)
+        self.counter.record_shards(len(scan.shards), [(b.shard, b.reason) for b in scan.bad])
+        self.shards, counts = scan.usable, scan.counts  # the resume digest then covers the usable list
+        self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length
+        captions = CaptionLengthCheck.for_pipeline(self.pipe, self.spec.text_limits(self.max_text),
+                                                   cfg.data.long_captions)
         self.stream = ShardStream(self.shards, modality=self.spec.modality, frames=cfg.data.frames,
                                   height=cfg.data.height, width=cfg.data.width, seed=cfg.seed,
                                   rank=self.rank, world_size=self.world_size,
                                   shuffle_buffer=cfg.data.shuffle_buffer, counter=self.counter,
-                                  sample_counts=counts, batch_size=cfg.train.batch_size, fps=cfg.data.fps)
+                                  sample_counts=counts, batch_size=cfg.train.batch_size, fps=cfg.data.fps,
+                                  caption_check=captions)
         self.shift = self.spec.flow_shift(self.pipe)
         self.num_timesteps = self.spec.num_train_timesteps(self.pipe)
-        self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length
         tr_config = Path(cfg.model.path) / "transformer" / "config.json"
         self.transformer_config_sha256 = config_hash(tr_config)
         self.transformer_config = {k: v for k, v in json.loads(tr_config.read_text()).items()
@@ -328,7 +355,7 @@ class Trainer:
         samples = cfg.train.batch_size * cfg.train.grad_accum * self.world_size
         metrics = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                    "step_seconds": seconds, "samples_per_s": samples / seconds,
-                   "skipped_samples": skips.skipped}
+                   **skips.report()}  # skipped_samples, skips_by_reason, kept_by_reason, bad_shards...
         if self.step % cfg.log.every_steps == 0 or self.step == cfg.train.max_steps:
             peaks = self.engine.gather_object(peak_memory_bytes(self.device))
             metrics["peak_memory_bytes"] = max(peaks)
@@ -378,13 +405,22 @@ class Trainer:
         everything into the manifest and publishes the folder with one rename.
         """
         engine = self.engine
-        token = engine.broadcast_object(uuid.uuid4().hex[:8])
-        if self.is_main:
-            (begin_checkpoint(self.layout, self.step, token) / TRAIN_STATE).mkdir()
-        engine.barrier()
+        refusal = None
+        if self.is_main:  # no save is in flight: drop temp folders of failed saves, then check space
+            remove_temp_checkpoints(self.layout)
+            refusal = space_shortfall(self.layout, self.step)
+        token, refusal = engine.broadcast_object((uuid.uuid4().hex[:8], refusal))
+        if refusal is not None:  # every rank stops before anything is written
+            raise CheckpointSpaceError(refusal)
         tmp = self.layout.temp_checkpoint(self.step, token)
-        engine.save_optimizer(tmp / TRAIN_STATE)
-        self._rank_state().write(tmp / TRAIN_STATE, self.rank)
+        # A lone rank removes the temp folder when a write fails; with more ranks another may
+        # still be writing into it, and the next save removes it.
+        with space_errors(self.layout, self.step, tmp, cleanup=self.world_size == 1):
+            if self.is_main:
+                (begin_checkpoint(self.layout, self.step, token) / TRAIN_STATE).mkdir()
+            engine.barrier()
+            engine.save_optimizer(tmp / TRAIN_STATE)
+            self._rank_state().write(tmp / TRAIN_STATE, self.rank)
         state = engine.adapter_state(self._named_lora)  # gathered fp32 masters (ZeRO-3: collective)
         self._maybe_crash("during_save")
         engine.barrier()
@@ -392,7 +428,8 @@ class Trainer:
         path = self.layout.checkpoint(self.step)
         if self.is_main:
             try:
-                path = self._publish(tmp, state)
+                with space_errors(self.layout, self.step, tmp):  # every rank is done writing into tmp
+                    path = self._publish(tmp, state)
             except BaseException as e:  # the other ranks must hear about it, not hang
                 error = e
         message = engine.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
@@ -446,7 +483,7 @@ class Trainer:
         start = time.perf_counter()
         self._setup()  # creates the run folder
         if self.is_main:
-            self.layout.config.write_text(dump_config(self.cfg))
+            atomic_write_text(self.layout.config, dump_config(self.cfg))
         if self.resume_from is not None:
             self._restore(self.resume_from)
         result = TrainResult(run_dir=self.layout.root, steps=self.step)
@@ -490,7 +527,6 @@ class Trainer:
                 "memory_per_rank": self.memory_per_rank,
                 "component_dtypes": self.dtypes.to_dict(), "param_dtypes": self.param_dtypes,
                 "memory_plan": self.memory_plan.to_dict() if self.memory_plan else None,
+                **self._consumed_skips().report(examples=True),
                 "losses": {str(k): v for k, v in result.losses.items()}}
-        tmp = self.layout.root / f".{RESULT_FILE}.tmp"
-        tmp.write_text(json.dumps(body, indent=2))
-        os.replace(tmp, self.layout.root / RESULT_FILE)
+        atomic_write_text(self.layout.root / RESULT_FILE, json.dumps(body, indent=2))

@@ -39,6 +39,23 @@ def bad_image(tmp_path_factory) -> tuple[Path, dict[str, int]]:
 
 
 UNEVEN = (7, 3, 5, 2, 4)  # samples per shard
+LONG_CAPTION = ("a red square moving left " * 4000)[:100_000].strip()  # 100k characters, ~20k tokens
+
+
+def write_tar(path, members) -> None:
+    """``members``: ``(name, bytes)`` files, ``("dir", name)``, ``("symlink"|"hardlink", name, target)``."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m in members:
+            if m[0] in ("dir", "symlink", "hardlink"):
+                info = tarfile.TarInfo(m[1])
+                info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}[m[0]]
+                if m[0] != "dir":
+                    info.linkname = m[2]
+                tar.addfile(info)
+            else:
+                info = tarfile.TarInfo(m[0])
+                info.size = len(m[1])
+                tar.addfile(info, io.BytesIO(m[1]))
 
 
 def keep_first_samples(src: Path, dst: Path, n: int) -> None:

@@ -211,3 +211,13 @@ def test_media_of():
     with pytest.raises(BadSample) as exc:
         media_of({"__key__": "k", "png": b"p"}, "video")
     assert exc.value.reason == "missing_media" and "png" in str(exc.value)
+
+
+def test_unsafe_keys():
+    from training.data.decode import check_key
+    for key in ("000001_000002", "dir/sub/k", "./k", "a..b", "k.v2"):
+        check_key(key)
+    for key in ("", "../k", "a/../../k", "/etc/k", "a\\b", "k\x00", "line\nbreak", ".."):
+        with pytest.raises(BadSample) as exc:
+            check_key(key)
+        assert exc.value.reason == "unsafe_key", key

@@ -34,10 +34,14 @@ def test_bad_shard_reasons_are_counted(kind, bad_video, bad_image):
     assert sorted(s["key"] for s in good) == ["good_000", "good_001"]
     assert all(s["caption"].startswith("a ") for s in good)
     assert good[0]["pixels"].shape == ((3, FRAMES, H, W) if kind == "video" else (3, H, W))
-    # Pulling one more sample reads the rest of epoch 0 (all bad) and the first of epoch 1.
+    # Pulling one more sample reads the rest of epoch 0 (all bad) and the first of epoch 1,
+    # which was counted in epoch 0 already: counts are per sample, not per read.
     assert _take(stream, 1)[0]["key"] == "good_000"
     assert stream.counter.skips == expected
-    assert stream.counter.seen == GOOD_IN_BAD_SHARD + sum(expected.values()) + 1
+    assert stream.counter.seen == GOOD_IN_BAD_SHARD + sum(expected.values())
+    _take(stream, 2 * (GOOD_IN_BAD_SHARD + 1))  # two more epochs: nothing new to count
+    assert stream.counter.skips == expected
+    assert stream.counter.seen == GOOD_IN_BAD_SHARD + sum(expected.values())
     examples = stream.counter.examples
     assert examples["empty_caption"] == [f"{path}:empty_caption"]
 
@@ -102,10 +106,12 @@ def test_resume_is_exact_across_epoch_boundaries(small_video, bad_video, k):
 
     resumed = _stream(shards)
     resumed.load_state_dict(state)
+    resumed.counter.load_state_dict(json.loads(json.dumps(first.counter.state_dict())))
     tail = _take(resumed, 24 - k)
     _same(head + tail, reference)
-    # Samples before the checkpoint were discarded undecoded: the fresh counter never saw them.
-    assert first.counter.seen + resumed.counter.seen == uninterrupted.counter.seen
+    # With the counter restored too, counts match the uninterrupted run's: each sample once.
+    assert resumed.counter.state_dict() == uninterrupted.counter.state_dict()
+    assert uninterrupted.counter.seen == 8 + 7  # distinct samples, though 3 epochs were read
 
 
 def test_resume_discards_without_decoding(small_video):
@@ -162,3 +168,24 @@ def test_batches_and_collate(small_image):
     assert len(list(batches(samples, 2, drop_last=False))) == 3
     with pytest.raises(ValueError):
         collate([])
+
+
+def test_skip_counter_counts_each_sample_once_across_state_round_trips():
+    c = SkipCounter()
+    for index in range(100_000):  # a crawl-sized shard, read once
+        assert c.first_read("big.tar", index)
+        c.add_ok()
+    assert c.first_read("bad.tar", 3)
+    c.add_skip("undecodable_media", "bad.tar:k3")
+    state = json.loads(json.dumps(c.state_dict()))
+    assert len(json.dumps(state["read"])) < 2_000  # one bit per sample, compressed
+    d = SkipCounter()
+    d.load_state_dict(state)
+    # Re-reads after a resume are not counted again; new samples are.
+    assert not d.first_read("big.tar", 99_999) and not d.first_read("bad.tar", 3)
+    assert d.first_read("big.tar", 100_000) and d.first_read("bad.tar", 4)
+    assert d.seen == 100_001 and d.skips == {"undecodable_media": 1}
+    old = {k: state[k] for k in ("seen", "skips", "examples")}  # a state written before the bits existed
+    e = SkipCounter()
+    e.load_state_dict(old)
+    assert e.seen == 100_001 and e.first_read("big.tar", 0)

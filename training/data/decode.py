@@ -27,10 +27,12 @@ IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 
 #: Every reason a sample can be rejected with, in the order the pipeline checks them.
 REASONS: tuple[str, ...] = (
+    "unsafe_key",
     "missing_caption",
     "empty_caption",
     "bad_caption_json",
     "bad_caption_encoding",
+    "caption_too_long",  # only under data.long_captions=skip (see training.data.captions)
     "missing_media",
     "undecodable_media",
     "too_small",
@@ -45,6 +47,24 @@ class BadSample(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def check_key(key: str) -> None:
+    """Reject sample keys that are not plain relative names (``BadSample("unsafe_key")``).
+
+    Nothing here writes tar members to disk, but keys travel on (logs, exports, file names
+    chosen from them), so an absolute path, a ``..`` component or a control character in
+    a member name marks a crafted or broken shard and the sample is not used.
+    """
+    if not key or key.startswith("/") or "\\" in key:
+        raise BadSample("unsafe_key", f"key {key!r} is empty, absolute or has a backslash")
+    if any(ord(c) < 32 or c == "\x7f" for c in key):
+        raise BadSample("unsafe_key", f"key {key!r} has a control character")
+    if ".." in key.split("/"):
+        raise BadSample("unsafe_key", f"key {key!r} has a '..' path component")
 
 
 # ----------------------------------------------------------------------------- captions

@@ -16,6 +16,13 @@ A local entry is reused while the file's real path, size and mtime are unchanged
 shard cannot be checked cheaply, so it is assumed immutable: its entry is keyed by the URL
 string and reused as long as that string is the same (give changed remote data a new name,
 or delete the cache file).
+
+A crawl of thousands of shards always holds a few broken ones. :func:`scan_shards` (what the
+trainer uses) counts the good shards and sets the bad ones aside with a reason each
+(``shard_missing``, ``shard_permission_denied``, ``shard_empty``, ``shard_truncated``,
+``shard_unreadable``); :meth:`ShardScan.check` then fails in one line only when no shard is
+usable or more than ``data.max_bad_fraction`` of them are bad. :func:`shard_sample_counts`
+stays strict and raises at the first bad shard.
 """
 
 from __future__ import annotations
@@ -28,14 +35,16 @@ import re
 import tarfile
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from tqdm import tqdm
 from webdataset import tariterators
 
-from .pipeline import DataError, _EndCheckingReader, _raw_samples
-from .shards import _is_remote
+from .errors import DataError, DataSpecError, ShardError, shard_error_reason
+from .pipeline import _EndCheckingReader, _raw_samples
+from .shards import _MAX_LISTED, _is_remote
 
 log = logging.getLogger("lorabench.data")
 
@@ -72,10 +81,10 @@ def _count_grouped(shard: str, names: Iterable[str]) -> int:
             samples, key, suffixes = samples + 1, prefix, set()
         if suffix in suffixes:
             # webdataset stops the shard here with "duplicate file name"; so does the stream.
-            raise DataError(
+            raise ShardError(
                 f"shard {shard} holds member {name} twice in sample {prefix!r} (names differ only "
-                f"in case, or are repeated); webdataset cannot read it. Re-create the shard."
-            )
+                f"in case, or are repeated); webdataset cannot read it. Re-create the shard.",
+                shard, "shard_unreadable")
         suffixes.add(suffix)
     return samples
 
@@ -93,15 +102,19 @@ def _check_end_marker(shard: str, offset: int) -> None:
         f.seek(offset)
         block = f.read(tarfile.BLOCKSIZE)
     if block != bytes(tarfile.BLOCKSIZE):
-        raise DataError(
+        # The file ending there is a cut copy; a full block that is no header is corrupt data.
+        reason = "shard_truncated" if len(block) < tarfile.BLOCKSIZE else "shard_unreadable"
+        raise ShardError(
             f"shard {shard} has no tar end-of-archive marker after its last readable member (byte "
-            f"{offset}): it is truncated or corrupt (e.g. an interrupted copy); re-create it or "
-            f"remove it from data.shards."
-        )
+            f"{offset}): it is {'truncated' if reason == 'shard_truncated' else 'corrupt'} (e.g. an "
+            f"interrupted copy); re-create it or remove it from data.shards.", shard, reason)
 
 
 def _count_local(shard: str) -> int:
     try:
+        if os.stat(shard).st_size == 0:
+            raise ShardError(f"shard {shard} is an empty file (0 bytes); re-create it or remove it from "
+                             f"data.shards.", shard, "shard_empty")
         with tarfile.open(shard, "r:*") as tar:
             count = _count_grouped(shard, (info.name for info in tar if info.isreg()))
             end = tar.offset
@@ -110,10 +123,11 @@ def _count_local(shard: str) -> int:
         raise
     except Exception as exn:
         detail = (str(exn).splitlines() or [""])[0].rstrip(":")  # tarfile lists every codec it tried
-        raise DataError(
-            f"cannot read shard {shard}: {type(exn).__name__}: {detail}. The file is missing, truncated "
-            f"or not a tar archive; re-create it or remove it from data.shards."
-        ) from exn
+        reason = shard_error_reason(exn)
+        raise ShardError(
+            f"cannot read shard {shard} ({reason}): {type(exn).__name__}: {detail}. The file is missing, "
+            f"unreadable, truncated or not a tar archive; re-create it or remove it from data.shards.",
+            shard, reason) from exn
     return count
 
 
@@ -121,8 +135,9 @@ def count_samples(shard: str) -> int:
     """Number of samples in ``shard``, grouped exactly as the input stream groups them.
 
     Local files are counted from the tar headers; ``pipe:`` and URL shards are streamed
-    through webdataset's tar iterators. Raises :class:`DataError` naming the shard when it
-    cannot be read.
+    through webdataset's tar iterators. Raises :class:`~training.data.errors.ShardError`
+    naming the shard and the reason when it cannot be read. A readable tar without samples
+    gives 0 (:func:`scan_shards` calls that ``shard_empty``).
     """
     if _is_remote(shard):
         return sum(1 for _ in _raw_samples(shard))
@@ -137,9 +152,10 @@ def _local_identity(shard: str) -> dict[str, Any]:
     try:
         st = os.stat(shard)
     except OSError as exn:
-        raise DataError(
-            f"cannot read shard {shard}: {exn.strerror or exn}; re-create it or remove it from data.shards."
-        ) from exn
+        reason = shard_error_reason(exn)
+        raise ShardError(
+            f"cannot read shard {shard} ({reason}): {exn.strerror or exn}; re-create it or remove it "
+            f"from data.shards.", shard, reason) from exn
     return {"realpath": os.path.realpath(shard), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
@@ -183,6 +199,128 @@ def _cached_count(shard: str, entry: Optional[dict[str, Any]]) -> tuple[Optional
     return None, identity
 
 
+@dataclass(frozen=True)
+class BadShard:
+    """A shard left out of the run: its name, why (one of ``BAD_SHARD_REASONS``) and the full message."""
+
+    shard: str
+    reason: str
+    message: str
+
+
+@dataclass
+class ShardScan:
+    """Result of :func:`scan_shards`: every listed shard is either counted or bad."""
+
+    shards: list[str]  # every listed shard, in list order
+    counts: dict[str, int]  # usable shards (at least one sample) -> samples, in list order
+    bad: list[BadShard]
+
+    @property
+    def usable(self) -> list[str]:
+        return list(self.counts)
+
+    def fraction(self) -> float:
+        """Bad shards / listed shards (0.0 for an empty list)."""
+        return len(self.bad) / len(self.shards) if self.shards else 0.0
+
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self.bad:
+            out[b.reason] = out.get(b.reason, 0) + 1
+        return out
+
+    def _listed(self) -> str:
+        shown = ", ".join(f"{b.shard} ({b.reason})" for b in self.bad[:_MAX_LISTED])
+        return shown + (f" and {len(self.bad) - _MAX_LISTED} more" if len(self.bad) > _MAX_LISTED else "")
+
+    def summary(self) -> str:
+        """One line, e.g. ``left out 1 of 9 shards (11.1%): shard_truncated=1: a.tar (shard_truncated)``."""
+        reasons = ", ".join(f"{r}={n}" for r, n in self.by_reason().items())
+        line = f"left out {len(self.bad)} of {len(self.shards)} shards ({100 * self.fraction():.1f}%)"
+        return line + (f": {reasons}: {self._listed()}" if self.bad else "")
+
+    def check(self, max_bad_fraction: float, world_size: int = 1) -> None:
+        """Raise a one-line :class:`DataError` when the usable shards cannot carry the run.
+
+        That is: no usable shard, more bad shards than ``max_bad_fraction`` of the list (the
+        same ``data.max_bad_fraction`` that bounds bad samples), or fewer usable shards than
+        data workers.
+        """
+        reasons = ", ".join(f"{r}={n}" for r, n in self.by_reason().items())
+        if not self.counts:
+            raise DataError(
+                f"none of the {len(self.shards)} shard(s) in data.shards can be used ({reasons}): "
+                f"{self._listed()}; re-create these shards or point data.shards at readable, non-empty tars "
+                f"(the log lists why each one failed).")
+        if self.fraction() > max_bad_fraction:
+            raise DataError(
+                f"{len(self.bad)} of {len(self.shards)} shards in data.shards are unusable "
+                f"({100 * self.fraction():.1f}%, {reasons}), above data.max_bad_fraction={max_bad_fraction}: "
+                f"{self._listed()}; re-create or remove these shards, or raise data.max_bad_fraction if "
+                f"training without them is acceptable.")
+        if len(self.counts) < world_size:
+            raise DataSpecError(
+                f"only {len(self.counts)} of the {len(self.shards)} shard(s) in data.shards are usable "
+                f"({reasons}: {self._listed()}), fewer than the {world_size} data workers, which need one "
+                f"shard each; re-create the bad shards, add shards or use fewer workers.")
+
+
+def scan_shards(shards: list[str], cache: Optional[Path] = None) -> ShardScan:
+    """Count the samples of every shard, setting aside the shards that cannot be used.
+
+    A shard that is missing, unreadable (permission denied, not a tar, corrupt, a failing
+    ``pipe:`` command), truncated, or holds no sample is recorded in ``ShardScan.bad`` with its
+    reason and message (and logged) instead of stopping the scan; the others are counted as in
+    :func:`shard_sample_counts`, cache included. Only good counts are cached: bad shards are
+    looked at again by the next scan, so a repaired shard is picked up.
+
+    A truncated shard is left out whole, although the samples before the cut could be read:
+    its last sample may be incomplete, it was usually cut by an interrupted copy that should
+    be repeated, and counting only whole shards keeps the epoch plan and exact resume simple
+    (the stream never meets the cut). Call :meth:`ShardScan.check` to apply
+    ``data.max_bad_fraction``.
+    """
+    entries = _read_cache(Path(cache)) if cache is not None else {}
+    counts: dict[str, int] = {}
+    bad: dict[str, BadShard] = {}
+    todo: list[tuple[str, dict[str, Any]]] = []
+    for shard in shards:
+        try:
+            cached, identity = _cached_count(shard, entries.get(shard))
+        except ShardError as exn:
+            bad[shard] = BadShard(shard, exn.reason, str(exn))
+            continue
+        if cached is None:
+            todo.append((shard, identity))
+        else:
+            counts[shard] = cached
+    bar = tqdm(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
+    counted = 0
+    for shard, identity in bar:
+        try:
+            counts[shard] = count_samples(shard)
+        except ShardError as exn:
+            bad[shard] = BadShard(shard, exn.reason, str(exn))
+            continue
+        entries[shard] = {**identity, "samples": counts[shard]}
+        counted += 1
+    if cache is not None and counted:
+        _write_cache(Path(cache), entries)
+    for shard in shards:
+        if counts.get(shard) == 0:
+            del counts[shard]
+            bad[shard] = BadShard(shard, "shard_empty", f"shard {shard} holds no samples (no tar member with "
+                                  f"a file extension); re-create it or remove it from data.shards.")
+    scan = ShardScan(list(shards), {s: counts[s] for s in shards if s in counts},
+                     [bad[s] for s in shards if s in bad])
+    for b in scan.bad[:20]:
+        log.warning("leaving out shard %s", b.message)
+    if len(scan.bad) > 20:
+        log.warning("... and %d more bad shards", len(scan.bad) - 20)
+    return scan
+
+
 def shard_sample_counts(shards: list[str], cache: Optional[Path] = None) -> dict[str, int]:
     """``{shard: number of samples}`` for every shard, reusing ``cache`` entries that are still valid.
 
@@ -191,6 +329,9 @@ def shard_sample_counts(shards: list[str], cache: Optional[Path] = None) -> dict
     immutable), and the file is rewritten atomically when anything was counted. Entries of
     shards not in ``shards`` are kept: one cache can serve several data sets. A progress bar
     is shown when more than 50 shards need counting.
+
+    Strict: raises the :class:`~training.data.errors.ShardError` of the first shard that cannot
+    be read. :func:`scan_shards` sets bad shards aside instead, and also calls empty ones bad.
     """
     entries = _read_cache(Path(cache)) if cache is not None else {}
     counts: dict[str, int] = {}

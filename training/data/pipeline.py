@@ -31,76 +31,182 @@ sequence (repeat passes included) were consumed and, for balanced epochs, how ma
 samples were yielded; a restored stream replays the epoch, dropping that many raw samples
 without decoding them.
 
-A shard that cannot be read (missing, truncated or not a tar, a failing ``pipe:``
-command) raises :class:`DataError` naming the shard instead of being counted as a skip:
-it loses many samples at once and usually means a broken copy that should be fixed.
+Bad samples are counted once per run (keyed by shard and position in the shard), however
+often re-reads in later epochs or repeat passes meet them; see :class:`SkipCounter`.
+
+Bad shards (missing, unreadable, empty, truncated or not a tar) are found before training by
+:func:`training.data.index.scan_shards`, counted per reason and left out of the shard list
+the stream is given, within ``data.max_bad_fraction`` of the shards. A shard that fails while
+the stream reads it all the same (changed since the scan, or a stream without a scan) raises
+:class:`ShardError` naming the shard and the reason: its samples are part of the epoch plan,
+so going on without them would break the plan and exact resume.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import math
 import random
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from webdataset import tariterators
 
-from .decode import BadSample, caption_of, decode_image, decode_video, media_of
+from .captions import TOO_LONG, TRUNCATED, describe_over
+from .decode import BadSample, caption_of, check_key, decode_image, decode_video, media_of
+from .errors import DataError, ShardError, shard_error_reason
 from .shards import EpochPlan, epoch_plan, epoch_seed, shard_assignment
-from training.errors import LorabenchError
+
+__all__ = ["DataError", "ShardError", "ShardStream", "SkipCounter", "batches", "collate"]
 
 log = logging.getLogger("lorabench.data")
-
-
-class DataError(LorabenchError, RuntimeError):
-    """The data cannot be used for training; the message says which shards/keys and why."""
 
 
 # ----------------------------------------------------------------------------- skip counter
 
 
+def _pack(marks: bytes) -> str:
+    return base64.b64encode(zlib.compress(bytes(marks), 6)).decode("ascii")
+
+
+def _unpack(text: str) -> bytearray:
+    return bytearray(zlib.decompress(base64.b64decode(text)))
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{r}={n}" for r, n in counts.items())
+
+
 class SkipCounter:
-    """Counts samples seen and skipped per reason, keeping a few example keys per reason."""
+    """Counts samples seen and skipped per reason, keeping a few example keys per reason.
+
+    Each sample is counted once per run, however often it is read (later epochs, the repeat
+    passes of balanced epochs): :meth:`first_read` keeps one bit per sample, keyed by its shard
+    and its position in the shard (two groups of tar members may share a key; positions are
+    unique), and the stream counts a sample only on its first read. So ``seen`` is the number
+    of distinct samples decoded and ``fraction()`` the share of them that is bad, in the first
+    epoch as after many. The bits travel in :meth:`state_dict` (compressed, a few bytes per
+    thousand samples), so a resumed run does not count again what it counted before.
+
+    Besides skips it counts
+
+    - ``kept``: samples used with a change the user should know about, per reason
+      (``caption_truncated``, see :mod:`training.data.captions`); not skips, so not part of
+      ``fraction()``;
+    - bad shards (``shard_skips`` per reason of all ``shards_total``), recorded once from
+      :func:`training.data.index.scan_shards` with :meth:`record_shards`.
+    """
 
     def __init__(self, max_examples: int = 3) -> None:
         self.max_examples = max_examples
         self.seen = 0
         self.skips: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
+        self.kept: dict[str, int] = {}
+        self.kept_examples: dict[str, list[str]] = {}
+        self.shards_total = 0
+        self.shard_skips: dict[str, int] = {}
+        self.shard_examples: dict[str, list[str]] = {}
+        self._marks: dict[str, bytearray] = {}  # shard -> one bit per sample position, unpacked on use
+        self._packed: dict[str, str] = {}  # shard -> packed bits as of the last state_dict/load
+        self._dirty: set[str] = set()
 
     @property
     def skipped(self) -> int:
         return sum(self.skips.values())
 
+    @property
+    def bad_shards(self) -> int:
+        return sum(self.shard_skips.values())
+
+    def first_read(self, shard: str, index: Optional[int]) -> bool:
+        """True the first time sample ``index`` of ``shard`` is read in this run (None: always True)."""
+        if index is None:
+            return True
+        marks = self._marks.get(shard)
+        if marks is None:
+            packed = self._packed.get(shard)
+            marks = self._marks[shard] = _unpack(packed) if packed else bytearray()
+        byte, bit = divmod(index, 8)
+        if byte >= len(marks):
+            marks.extend(bytes(byte + 1 - len(marks)))
+        if marks[byte] >> bit & 1:
+            return False
+        marks[byte] |= 1 << bit
+        self._dirty.add(shard)
+        return True
+
     def add_ok(self) -> None:
         """Record a sample that decoded fine."""
         self.seen += 1
 
+    def _note(self, counts: dict[str, int], examples: dict[str, list[str]], reason: str, key: str) -> None:
+        counts[reason] = counts.get(reason, 0) + 1
+        keys = examples.setdefault(reason, [])
+        if len(keys) < self.max_examples:
+            keys.append(key)
+
     def add_skip(self, reason: str, key: str) -> None:
         """Record a skipped sample and, for the first few per reason, its key."""
         self.seen += 1
-        self.skips[reason] = self.skips.get(reason, 0) + 1
-        keys = self.examples.setdefault(reason, [])
-        if len(keys) < self.max_examples:
-            keys.append(key)
+        self._note(self.skips, self.examples, reason, key)
+
+    def add_kept(self, reason: str, key: str) -> None:
+        """Record a change to a sample that is still used (after its :meth:`add_ok`)."""
+        self._note(self.kept, self.kept_examples, reason, key)
+
+    def record_shards(self, total: int, bad: Iterable[tuple[str, str]]) -> None:
+        """Record the shard scan: ``total`` shards listed, ``bad`` as ``(shard, reason)`` pairs."""
+        self.shards_total = int(total)
+        self.shard_skips, self.shard_examples = {}, {}
+        for shard, reason in bad:
+            self._note(self.shard_skips, self.shard_examples, reason, shard)
 
     def fraction(self) -> float:
         """Skipped / seen (0.0 before any sample)."""
         return self.skipped / self.seen if self.seen else 0.0
 
     def summary(self) -> str:
-        """One line, e.g. ``skipped 3 of 40 samples (7.5%): too_small=1, empty_caption=2``."""
+        """One line, e.g. ``skipped 3 of 40 samples (7.5%): too_small=1, empty_caption=2``.
+
+        Truncated captions and left-out shards follow when there are any, e.g.
+        ``...; used 2 with changes: caption_truncated=2; left out 1 of 9 shards (11.1%): shard_truncated=1``.
+        """
         line = f"skipped {self.skipped} of {self.seen} samples ({100 * self.fraction():.1f}%)"
         if self.skips:
-            line += ": " + ", ".join(f"{r}={n}" for r, n in self.skips.items())
+            line += ": " + _counts_text(self.skips)
+        if self.kept:
+            line += f"; used {sum(self.kept.values())} with changes: {_counts_text(self.kept)}"
+        if self.shard_skips:
+            pct = 100 * self.bad_shards / max(self.shards_total, 1)
+            line += (f"; left out {self.bad_shards} of {self.shards_total} shards ({pct:.1f}%): "
+                     f"{_counts_text(self.shard_skips)}")
         return line
 
-    def examples_text(self) -> str:
-        """The recorded example keys, one reason per line."""
-        return "\n".join(f"  {r}: {', '.join(self.examples.get(r, []))}" for r in self.skips)
+    def report(self, examples: bool = False) -> dict[str, Any]:
+        """Counts for metrics.jsonl / result.json: totals and per-reason dicts (plus examples if asked)."""
+        out: dict[str, Any] = {
+            "seen_samples": self.seen,
+            "skipped_samples": self.skipped,
+            "skips_by_reason": dict(self.skips),
+            "kept_by_reason": dict(self.kept),
+            "bad_shards": self.bad_shards,
+            "bad_shards_by_reason": dict(self.shard_skips),
+        }
+        if examples:
+            out["skip_examples"] = {r: list(k) for r, k in self.examples.items()}
+            out["kept_examples"] = {r: list(k) for r, k in self.kept_examples.items()}
+            out["bad_shard_examples"] = {r: list(k) for r, k in self.shard_examples.items()}
+        return out
+
+    def examples_text(self, sep: str = "\n") -> str:
+        """The recorded example keys, one reason per line (or per ``sep``)."""
+        indent = "  " if sep == "\n" else ""
+        return sep.join(f"{indent}{r}: {', '.join(self.examples.get(r, []))}" for r in self.skips)
 
     def check(self, max_bad_fraction: float, min_seen: int = 20, final: bool = False) -> None:
         """Raise :class:`DataError` when the skipped fraction exceeds ``max_bad_fraction``.
@@ -113,24 +219,47 @@ class SkipCounter:
         if self.fraction() > max_bad_fraction:
             raise DataError(
                 f"too many bad samples: {self.summary()}, above "
-                f"data.max_bad_fraction={max_bad_fraction}.\nFirst offending samples "
-                f"(shard:key):\n{self.examples_text()}\nFix or drop these samples from the "
+                f"data.max_bad_fraction={max_bad_fraction}; first offending samples "
+                f"(shard:key): {self.examples_text('; ')}. Fix or drop these samples from the "
                 f"shards, or raise data.max_bad_fraction if losing them is acceptable."
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain JSON-able state."""
+        """Plain JSON-able state (the per-sample bits packed: zlib + base64 per shard)."""
+        for shard in self._dirty:
+            self._packed[shard] = _pack(self._marks[shard])
+        self._dirty.clear()
         return {
             "seen": self.seen,
             "skips": dict(self.skips),
             "examples": {r: list(k) for r, k in self.examples.items()},
+            "kept": dict(self.kept),
+            "kept_examples": {r: list(k) for r, k in self.kept_examples.items()},
+            "shards": {"total": self.shards_total, "skips": dict(self.shard_skips),
+                       "examples": {r: list(k) for r, k in self.shard_examples.items()}},
+            "read": dict(self._packed),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (older states without the newer fields too).
+
+        Shard counts describe the shard list as scanned when this run started, so a counter
+        that already has them (:meth:`record_shards` was called) keeps its own; a fresh counter
+        takes them from ``state``. A state without per-sample bits (written before they
+        existed) restores the counts, and samples read before it may be counted once more.
+        """
         self.seen = int(state["seen"])
         self.skips = {str(r): int(n) for r, n in state["skips"].items()}
         self.examples = {str(r): [str(k) for k in ks] for r, ks in state.get("examples", {}).items()}
+        self.kept = {str(r): int(n) for r, n in state.get("kept", {}).items()}
+        self.kept_examples = {str(r): [str(k) for k in ks] for r, ks in state.get("kept_examples", {}).items()}
+        shards = state.get("shards")
+        if isinstance(shards, dict) and self.shards_total == 0:
+            self.shards_total = int(shards.get("total", 0))
+            self.shard_skips = {str(r): int(n) for r, n in shards.get("skips", {}).items()}
+            self.shard_examples = {str(r): [str(k) for k in ks] for r, ks in shards.get("examples", {}).items()}
+        self._packed = dict(state.get("read", {}))
+        self._marks, self._dirty = {}, set()
 
 
 # ----------------------------------------------------------------------------- raw samples
@@ -175,7 +304,12 @@ class _EndCheckingReader:
 
 
 def _raw_samples(shard: str) -> Iterator[dict[str, Any]]:
-    """Raw samples (``__key__``, ``__url__`` and member bytes) of one shard, in tar order."""
+    """Raw samples of one shard, in tar order: ``__key__``, ``__url__`` (the shard), ``__index__``
+    (the sample's position in the shard, from 0) and the member bytes.
+
+    Raises :class:`ShardError` naming the shard, with the reason (see
+    :data:`~training.data.errors.BAD_SHARD_REASONS`), when it cannot be read to its end.
+    """
     completed = False
     source: dict[str, Any] = {}
     try:
@@ -184,24 +318,32 @@ def _raw_samples(shard: str) -> Iterator[dict[str, Any]]:
         for source in tariterators.url_opener([{"url": shard}]):
             reader = source["stream"] = _EndCheckingReader(source["stream"])
             files = tariterators.tar_file_expander([source])
-            yield from tariterators.group_by_keys(files)
+            for index, sample in enumerate(tariterators.group_by_keys(files)):
+                sample["__index__"] = index
+                yield sample
             if reader.truncated():
-                raise DataError(
+                raise ShardError(
                     f"shard {shard} ends without the tar end-of-archive marker: it is truncated "
-                    f"(e.g. an interrupted copy or download); re-create it or remove it from data.shards."
-                )
+                    f"(e.g. an interrupted copy or download); re-create it or remove it from data.shards.",
+                    shard, "shard_truncated")
         completed = True
     except DataError:
         raise
     except Exception as exn:
         # webdataset appends the stream and URL to exception args; keep just the message.
         detail = exn.args[0] if exn.args and isinstance(exn.args[0], str) else str(exn)
-        detail = detail.split(" @ <", 1)[0]
-        raise DataError(
-            f"cannot read shard {shard}: {type(exn).__name__}: {detail}. The file is missing, "
-            f"truncated or not a tar archive (or its pipe: command failed); re-create it or "
-            f"remove it from data.shards."
-        ) from exn
+        detail = " ".join(detail.split(" @ <", 1)[0].split())
+        reason = shard_error_reason(exn)
+        stream, source["stream"] = source.get("stream"), None
+        try:
+            if stream is not None:
+                stream.close()  # a failing pipe: command shows up here (its output looks empty)
+        except Exception as close_exn:
+            reason, detail = "shard_unreadable", f"{detail} ({close_exn})"
+        raise ShardError(
+            f"cannot read shard {shard} ({reason}): {type(exn).__name__}: {detail}. The file is missing, "
+            f"unreadable, truncated or not a tar archive (or its pipe: command failed); re-create it or "
+            f"remove it from data.shards.", shard, reason) from exn
     finally:
         stream = source.get("stream")
         if stream is not None:
@@ -210,7 +352,7 @@ def _raw_samples(shard: str) -> Iterator[dict[str, Any]]:
             except Exception as exn:
                 # On an early stop (GeneratorExit) the command was cut off on purpose.
                 if completed:
-                    raise DataError(f"closing shard {shard} failed: {exn}") from exn
+                    raise ShardError(f"closing shard {shard} failed: {exn}", shard, "shard_unreadable") from exn
 
 
 def _shuffled(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
@@ -252,6 +394,14 @@ class ShardStream:
 
     ``fps`` (video only) resamples each clip to that frame rate before taking ``frames``
     frames (see :func:`~training.data.decode.decode_video`); None keeps the native rate.
+
+    ``caption_check`` (e.g. a :class:`~training.data.captions.CaptionLengthCheck`) maps a
+    caption to ``(action, over)`` for captions longer than the text encoder reads: ``"keep"``,
+    ``"truncate"`` (used, counted as ``caption_truncated``), ``"skip"`` (skipped as
+    ``caption_too_long``) or ``"error"`` (raises :class:`DataError`). None: not checked.
+
+    Every sample is counted once per run in ``counter``, on its first read (see
+    :meth:`SkipCounter.first_read`); re-reads in later epochs or repeat passes are not counted.
     """
 
     def __init__(
@@ -270,6 +420,7 @@ class ShardStream:
         sample_counts: Optional[Mapping[str, int]] = None,
         batch_size: int = 1,
         fps: Optional[float] = None,
+        caption_check: Optional[Callable[[str], tuple[str, Mapping[str, tuple[int, int]]]]] = None,
     ) -> None:
         if modality not in ("video", "image"):
             raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
@@ -291,6 +442,7 @@ class ShardStream:
         self.counter = counter if counter is not None else SkipCounter()
         self.batch_size = batch_size
         self.sample_counts = dict(sample_counts) if sample_counts is not None else None
+        self.caption_check = caption_check
         self._epoch = 0
         self._position = 0
         self._yielded = 0
@@ -346,18 +498,42 @@ class ShardStream:
 
     def _decode(self, sample: dict[str, Any]) -> Optional[dict[str, Any]]:
         key = sample["__key__"]
+        where = f"{sample.get('__url__', '?')}:{key}"
+        first = self.counter.first_read(sample.get("__url__", "?"), sample.get("__index__"))
+        kept: Optional[str] = None
         try:
+            check_key(key)
             caption = caption_of(sample)  # cheap checks first: no decoding for caption-less samples
+            if self.caption_check is not None:
+                kept = self._check_caption(caption, where)
             _, data = media_of(sample, self.modality)
             if self.modality == "video":
                 pixels = decode_video(data, self.frames, self.height, self.width, fps=self.fps)
             else:
                 pixels = decode_image(data, self.height, self.width)
         except BadSample as exn:
-            self.counter.add_skip(exn.reason, f"{sample.get('__url__', '?')}:{key}")
+            if first:
+                self.counter.add_skip(exn.reason, where)
             return None
-        self.counter.add_ok()
+        if first:
+            self.counter.add_ok()
+            if kept is not None:
+                self.counter.add_kept(kept, where)
         return {"key": key, "pixels": pixels, "caption": caption}
+
+    def _check_caption(self, caption: str, where: str) -> Optional[str]:
+        """Apply ``caption_check``: None (fits) or ``caption_truncated``; raises for skip and error."""
+        assert self.caption_check is not None
+        action, over = self.caption_check(caption)
+        if action == "keep":
+            return None
+        if action == "truncate":
+            return TRUNCATED
+        if action == "skip":
+            raise BadSample(TOO_LONG, describe_over(over))
+        raise DataError(
+            f"caption of sample {where} has {describe_over(over)} and data.long_captions=error: "
+            f"shorten it, or set data.long_captions=truncate (train on its first tokens) or skip.")
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.sample_counts is None:
@@ -455,7 +631,7 @@ class ShardStream:
             need += f" and {self.frames} frames" + (f" at {self.fps:g} fps" if self.fps is not None else "")
         return DataError(
             f"epoch {epoch} produced no usable samples on rank {self.rank} from shards {listed} "
-            f"({consumed} raw samples; {self.counter.summary()}).\n{self.counter.examples_text()}\n"
+            f"({consumed} raw samples; {self.counter.summary()}; e.g. {self.counter.examples_text('; ')}). "
             f"Check that the shards hold captioned {self.modality} samples, {need}."
         )
 

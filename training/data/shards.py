@@ -13,6 +13,9 @@ from typing import Union
 
 import braceexpand
 
+from .errors import DataSpecError
+from training.errors import MissingFileError
+
 # Anything with a URL scheme (s3://, gs://, http://, file://, ...) or a pipe: command is
 # opened by webdataset's gopen; it cannot be checked for existence here.
 _REMOTE = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
@@ -34,7 +37,7 @@ def _expand_one(spec: str, missing: list[str]) -> list[str]:
         elif os.path.isdir(item):
             tars = sorted(p.name for p in Path(item).glob("*.tar") if p.is_file())
             if not tars:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"shard directory {item} contains no .tar files; write shards into it "
                     f"(e.g. `lorabench make-data --out {item} ...`) or point data.shards elsewhere"
                 )
@@ -54,11 +57,12 @@ def list_shards(spec: Union[str, list[str]]) -> list[str]:
     scheme (passed through without an existence check), or a list of any of these.
 
     Raises ``FileNotFoundError`` naming missing local paths (at most 5) or an empty
-    directory, and ``ValueError`` for an empty spec or duplicate shards.
+    directory, and :class:`~training.data.errors.DataSpecError` (a ``ValueError``) for an empty
+    spec or duplicate shards.
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     if not items or any(not isinstance(s, str) or not s.strip() for s in items):
-        raise ValueError(f"data.shards must be a non-empty path, pattern or list of them, got {spec!r}")
+        raise DataSpecError(f"data.shards must be a non-empty path, pattern or list of them, got {spec!r}")
     missing: list[str] = []
     shards: list[str] = []
     for item in items:
@@ -66,7 +70,7 @@ def list_shards(spec: Union[str, list[str]]) -> list[str]:
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED])
         more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(missing)} shard path(s) do not exist: {shown}{more} "
             f"(check data.shards; brace patterns like shard-{{000000..000009}}.tar must match the files)"
         )
@@ -81,7 +85,7 @@ def list_shards(spec: Union[str, list[str]]) -> list[str]:
         else:
             seen[ident] = s
     if dups:
-        raise ValueError(
+        raise DataSpecError(
             f"data.shards lists {len(dups)} shard(s) more than once: {', '.join(dups[:_MAX_LISTED])}"
             f"{' ...' if len(dups) > _MAX_LISTED else ''}; remove the duplicates"
         )
@@ -98,7 +102,7 @@ def _check_split(num_shards: int, rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if num_shards < world_size:
-        raise ValueError(
+        raise DataSpecError(
             f"{num_shards} shard(s) cannot be split over {world_size} data workers: each worker "
             f"needs at least one shard. Write the data as at least {world_size} shards "
             f"(e.g. `lorabench make-data --shards {world_size} ...`) or use fewer workers."
@@ -168,7 +172,7 @@ def _shard_counts(shards: tuple[str, ...], counts: Mapping[str, int]) -> int:
     """Total samples of ``shards``; a shard missing from ``counts`` is an error, not zero."""
     missing = [s for s in shards if s not in counts]
     if missing:
-        raise ValueError(
+        raise DataSpecError(
             f"no sample count for shard(s) {', '.join(missing[:_MAX_LISTED])}"
             f"{' ...' if len(missing) > _MAX_LISTED else ''}: the counts must cover every shard "
             f"(count them with training.data.index.shard_sample_counts on the same shard list)"
@@ -182,8 +186,9 @@ def epoch_plan(
     """The :class:`EpochPlan` of ``epoch`` (pure function: every rank computes the same plan).
 
     ``counts`` maps each shard to its number of samples (see ``index.shard_sample_counts``).
-    Raises ``ValueError`` when the smallest share holds less than one batch: the epoch could
-    not train at all, and the message names the rank, its shards and the possible fixes.
+    Raises :class:`~training.data.errors.DataSpecError` (a ``ValueError``) when the smallest
+    share holds less than one batch: the epoch could not train at all, and the message names
+    the rank, its shards and the possible fixes.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -199,9 +204,9 @@ def epoch_plan(
 
 
 def _empty_epoch(epoch: int, rank: int, shards: tuple[str, ...], samples: int, batch_size: int,
-                 world_size: int) -> ValueError:
+                 world_size: int) -> DataSpecError:
     listed = ", ".join(shards[:_MAX_LISTED]) + (" ..." if len(shards) > _MAX_LISTED else "")
-    return ValueError(
+    return DataSpecError(
         f"epoch {epoch} cannot give every data worker a full batch: rank {rank} of {world_size} "
         f"gets shard(s) {listed} with only {samples} sample(s), fewer than batch_size={batch_size}, "
         f"and all ranks must yield the same number of whole batches. Write more or larger "
