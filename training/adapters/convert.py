@@ -5,6 +5,10 @@ Targets: ``comfyui`` (``diffusion_model.<module>.lora_down/lora_up/alpha``), ``k
 ``pytorch_lora_weights.safetensors`` layout with the LoRA config in its metadata) and ``peft``
 (``adapter_model.safetensors`` + ``adapter_config.json``). Formats without an alpha field get
 a config with per-module ``alpha_pattern`` entries, so every module keeps its own alpha.
+
+comfyui and kohya files get the family's original module names by default (Wan:
+``blocks.N.self_attn.q``), which ComfyUI, musubi-tuner and diffusers' own Wan loader expect;
+diffusers and peft files get diffusers names (``original_names`` overrides either way).
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from safetensors.torch import save_file
 from ..lora import config_dict
 from .formats import DIFFUSERS_FILE, DIFFUSERS_META, PEFT_CONFIG, Adapter, open_adapter
 from .load import denoiser, lora_config
-from .names import describe_model
+from .names import NAME_TABLES, ModelInfo, describe_model, family_from_names
 from .report import AdapterError, AdapterReport, build_report
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
+# Formats whose users (ComfyUI's native loaders, musubi-tuner, diffusers' own Wan converter for
+# `diffusion_model.` / `lora_unet_` files) expect the family's original module names.
+ORIGINAL_NAMES_BY_DEFAULT = ("comfyui", "kohya")
+NAMES_META = "lorabench_module_names"
 DEFAULT_FILES = {"comfyui": "lora_comfyui.safetensors", "kohya": "lora_kohya.safetensors",
                  "diffusers": DIFFUSERS_FILE}
 PEFT_FILE = "adapter_model.safetensors"
@@ -40,9 +48,21 @@ def _target_file(out: Path, to: str) -> Path:
     return path
 
 
-def _meta(adapter: Adapter) -> dict[str, str]:
-    return {"format": "pt", "lorabench_converted_from": str(adapter.source),
-            "lorabench_source_sha256": adapter.sha256}
+class Namer:
+    """Module name in the file to write, from the name in the adapter; ``description`` says which naming."""
+
+    def __init__(self, rename: Callable[[str], str], description: str):
+        self.rename, self.description = rename, description
+
+    def __call__(self, name: str) -> str:
+        return self.rename(name)
+
+
+def _meta(adapter: Adapter, rename: Callable[[str], str]) -> dict[str, str]:
+    meta = {"format": "pt", "lorabench_converted_from": str(adapter.source), "lorabench_source_sha256": adapter.sha256}
+    if isinstance(rename, Namer):
+        meta[NAMES_META] = rename.description
+    return meta
 
 
 def _low_rank(adapter: Adapter, rep: AdapterReport, prefix: str, sep_dots: bool,
@@ -59,13 +79,13 @@ def _low_rank(adapter: Adapter, rep: AdapterReport, prefix: str, sep_dots: bool,
 
 def _write_comfyui(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str]) -> Path:
     path = _target_file(out, "comfyui")
-    save_file(_low_rank(adapter, rep, "diffusion_model.", True, rename), str(path), metadata=_meta(adapter))
+    save_file(_low_rank(adapter, rep, "diffusion_model.", True, rename), str(path), metadata=_meta(adapter, rename))
     return path
 
 
 def _write_kohya(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str]) -> Path:
     path = _target_file(out, "kohya")
-    save_file(_low_rank(adapter, rep, "lora_unet_", False, rename), str(path), metadata=_meta(adapter))
+    save_file(_low_rank(adapter, rep, "lora_unet_", False, rename), str(path), metadata=_meta(adapter, rename))
     return path
 
 
@@ -88,7 +108,7 @@ def _write_diffusers(adapter: Adapter, rep: AdapterReport, out: Path, rename: Ca
     path = _target_file(out, "diffusers")
     tensors, cfg = _peft_layout(adapter, rep, "transformer.", rename)
     # diffusers rebuilds the LoraConfig from this metadata, keys prefixed by the component.
-    meta = dict(_meta(adapter), **{DIFFUSERS_META: json.dumps({f"transformer.{k}": v for k, v in cfg.items()},
+    meta = dict(_meta(adapter, rename), **{DIFFUSERS_META: json.dumps({f"transformer.{k}": v for k, v in cfg.items()},
                                                               sort_keys=True)})
     save_file(tensors, str(path), metadata=meta)
     return path
@@ -99,7 +119,7 @@ def _write_peft(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callabl
         raise AdapterError(f"{out}: the peft format is a folder ({PEFT_FILE} + {PEFT_CONFIG}); give a folder")
     out.mkdir(parents=True, exist_ok=True)
     tensors, cfg = _peft_layout(adapter, rep, "base_model.model.", rename)
-    save_file(tensors, str(out / PEFT_FILE), metadata=_meta(adapter))
+    save_file(tensors, str(out / PEFT_FILE), metadata=_meta(adapter, rename))
     (out / PEFT_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return out
 
@@ -109,14 +129,23 @@ WRITERS: dict[str, Callable[[Adapter, AdapterReport, Path, Callable[[str], str]]
 
 
 def convert(path: str | Path, to: str, out: str | Path, model: Any = None,
-            original_names: bool = False) -> Path:
+            original_names: Optional[bool] = None, allow_inconsistent: bool = False) -> Path:
     """Convert the adapter at ``path`` to dialect ``to``; returns the file (or peft folder) written.
 
     ``out``: a ``.safetensors`` path, or a folder (default file name per format; always a folder
     for peft). ``model`` (module or pipeline) resolves names first; required for kohya sources,
-    whose underscored names can only be resolved against a model. ``original_names`` writes
-    the family's original module names (``self_attn.q`` for Wan, what ComfyUI's native Wan
-    loader and musubi-tuner expect) and needs ``model``.
+    whose underscored names can only be resolved against a model.
+
+    ``original_names``: ``True`` writes the family's original module names (``blocks.N.self_attn.q``
+    for Wan), ``False`` diffusers names (``blocks.N.attn1.to_q``); ``None`` (default) picks original
+    names for comfyui and kohya (what ComfyUI, musubi-tuner and diffusers' own Wan loader expect
+    from those files) and diffusers names for diffusers and peft. The family comes from ``model``,
+    else from a lorabench checkpoint's manifest, else from the module names (the name tables are
+    exact templates); a family without a name table keeps the names as they are. The naming used
+    is recorded in the file's metadata (``lorabench_module_names``).
+
+    A config that disagrees with the tensors is refused unless ``allow_inconsistent=True`` (the
+    tensors are then written with alpha / their own rank, in a config that agrees with them).
     """
     if to not in WRITERS:
         raise AdapterError(f"unknown adapter format {to!r}: choose one of {', '.join(FORMATS)}")
@@ -130,17 +159,46 @@ def convert(path: str | Path, to: str, out: str | Path, model: Any = None,
         raise AdapterError(f"{adapter.source}: cannot convert: {len(rep.unexpected)} keys/modules are not "
                            f"understood or do not fit, {len(rep.matched)} usable modules; nothing was written.\n"
                            f"{rep.to_table(max_matched=10)}", rep)
+    if rep.inconsistent and not allow_inconsistent:
+        raise AdapterError(f"{adapter.source}: cannot convert: its LoRA config disagrees with its tensors "
+                           f"({len(rep.inconsistent)} problem(s) below); nothing was written. Fix the config, or "
+                           "pass allow_inconsistent=True (CLI: --allow-inconsistent) to write the tensors as they "
+                           "are (scale = alpha / their own rank).\n" + "\n".join(f"  {x}" for x in rep.inconsistent),
+                           rep)
     if rep.full_tensors and to in ("comfyui", "kohya"):
         raise AdapterError(f"{adapter.source}: holds full replacement tensors (modules_to_save: "
                            f"{', '.join(rep.full_tensors)}) that the {to} LoRA format cannot express; "
                            "convert to peft or diffusers instead")
-    rename = _original_namer(info) if original_names else (lambda n: n)
-    return WRITERS[to](adapter, rep, Path(out), rename)
+    return WRITERS[to](adapter, rep, Path(out), export_namer(adapter, info, to, original_names, rep.matched))
 
 
-def _original_namer(info: Optional[Any]) -> Callable[[str], str]:
-    table = info.names if info is not None else None
+def export_namer(adapter: Adapter, info: Optional[ModelInfo], to: str, original_names: Optional[bool],
+                 names: list[str]) -> Namer:
+    """The module names ``convert`` writes (see its ``original_names``)."""
+    want_original = to in ORIGINAL_NAMES_BY_DEFAULT if original_names is None else original_names
+    if info is not None:
+        family, how = info.family, f"family of {info.class_name}"
+    else:
+        family = ((adapter.manifest or {}).get("base_model") or {}).get("family")
+        how = "family from the checkpoint manifest"
+        if family not in NAME_TABLES:
+            family, how = family_from_names(names), "family recognised from the module names"
+    table = NAME_TABLES.get(family) if family else None
     if table is None:
-        family = info.class_name if info is not None else "no model given"
-        raise AdapterError(f"original_names needs a model whose family registers a name table ({family})")
-    return lambda n: table.to_original(n) or n
+        if original_names:
+            what = info.class_name if info is not None else "no model given, and the names match no family's table"
+            raise AdapterError(f"{adapter.source}: original module names need a model family that registers a name "
+                               f"table ({what}); pass model= (CLI: --model DIR) or drop original_names")
+        return Namer(lambda n: n, "as in the source (no original naming is registered for this model)")
+    rename = (lambda n: table.to_original(n) or n) if want_original else (lambda n: table.to_model(n) or n)
+    example = rename(names[0]) if names else ""
+    kind = f"original {family}" if want_original else "diffusers"
+    return Namer(rename, f"{kind} naming ({how}), e.g. `{example}`")
+
+
+def written_naming(written: Path) -> Optional[str]:
+    """The module naming ``convert`` recorded in the file it wrote (a peft folder: its tensor file)."""
+    from safetensors import safe_open
+    f = written / PEFT_FILE if written.is_dir() else written
+    with safe_open(str(f), framework="pt") as st:
+        return (st.metadata() or {}).get(NAMES_META) or None

@@ -20,10 +20,12 @@ up in a table built from the model (never split by guessing), and original-Wan n
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
@@ -31,7 +33,7 @@ import torch
 from ..checkpoint import sha256_file
 from ..layout import MANIFEST
 from .names import ModelInfo
-from .report import AdapterError, KeyIssue
+from .report import AdapterError, KeyIssue, natural_key
 
 PEFT_DIR_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_CONFIG = "adapter_config.json"
@@ -92,13 +94,36 @@ def _read_tensors(f: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                            "corrupt or truncated: re-download or re-export it") from e
 
 
+def _json_error(where: str, e: json.JSONDecodeError, fix: str) -> AdapterError:
+    return AdapterError(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}, "
+                        f"character {e.pos}); {fix}")
+
+
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; any problem is one AdapterError naming the file and position."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path} cannot be read as UTF-8 text ({type(e).__name__}: {e}); {fix}") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(str(path), e, fix) from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
+
+
 def _diffusers_config(meta: dict[str, str], f: Path) -> Optional[dict[str, Any]]:
     if DIFFUSERS_META not in meta:
         return None
+    fix = "re-export the file (diffusers' save_lora_weights writes this metadata) or remove the metadata key"
     try:
         raw = json.loads(meta[DIFFUSERS_META])
     except json.JSONDecodeError as e:
-        raise AdapterError(f"{f}: metadata {DIFFUSERS_META!r} is not valid JSON ({e})") from e
+        raise _json_error(f"{f}: metadata {DIFFUSERS_META!r}", e, fix) from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{f}: metadata {DIFFUSERS_META!r} holds a JSON {type(raw).__name__}, not an object; {fix}")
     for prefix in DENOISER_PREFIXES:
         picked = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
         if picked:
@@ -106,23 +131,56 @@ def _diffusers_config(meta: dict[str, str], f: Path) -> Optional[dict[str, Any]]
     return raw
 
 
+def check_finite(tensors: dict[str, torch.Tensor], f: Path) -> None:
+    """Refuse NaN/inf anywhere in the file, naming every such tensor (a diverged run, a bad export)."""
+    bad = []
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            continue
+        try:
+            finite = torch.isfinite(t)
+        except (RuntimeError, NotImplementedError):  # dtypes without isfinite (float8 on some builds)
+            finite = torch.isfinite(t.float())
+        if not bool(finite.all()):
+            values = t.float()
+            nan = int(torch.isnan(values).sum())
+            bad.append(f"`{key}`: {nan} NaN and {int((~finite).sum()) - nan} inf of {t.numel()} values")
+    if bad:
+        lines = "\n".join(f"  {b}" for b in bad)
+        raise AdapterError(f"{f}: {len(bad)} tensor(s) hold non-finite values (NaN/inf), so the adapter would "
+                           "poison every output; nothing was loaded: re-export it from a checkpoint saved "
+                           f"before training diverged (or fix the export)\n{lines}")
+
+
 def read_adapter(path: str | Path) -> RawAdapter:
-    """Read the adapter tensors and its LoRA config from a file or folder."""
+    """Read the adapter tensors and its LoRA config from a file or folder.
+
+    Refuses (AdapterError naming the file) unreadable files, invalid JSON, non-finite tensors and
+    a lorabench checkpoint whose files no longer match its manifest.
+    """
     f = _pick_file(Path(path))
     tensors, meta = _read_tensors(f)
+    check_finite(tensors, f)
     config, source = None, None
-    if f.name in PEFT_DIR_FILES and (f.parent / PEFT_CONFIG).is_file():
-        config, source = json.loads((f.parent / PEFT_CONFIG).read_text()), str(f.parent / PEFT_CONFIG)
+    cfg_file = f.parent / PEFT_CONFIG
+    if f.name in PEFT_DIR_FILES and cfg_file.is_file():
+        config = read_json_object(cfg_file, "fix the file, or re-save the adapter (PeftModel.save_pretrained "
+                                            "writes it)")
+        source = str(cfg_file)
     elif (cfg := _diffusers_config(meta, f)) is not None:
-        config, source = cfg, f"{f.name} metadata"
+        config, source = cfg, f"{f.name} metadata {DIFFUSERS_META!r}"
     digest = sha256_file(f)
     mpath, manifest = f.parent / MANIFEST, None
-    if mpath.is_file():  # a lorabench checkpoint: the file must be the one that was saved
-        manifest = json.loads(mpath.read_text())
-        recorded = manifest.get("files", {}).get(f.name)
-        if recorded and recorded != digest:
-            raise AdapterError(f"{f} does not match the sha256 recorded in {mpath}: the file changed "
-                               "after the checkpoint was written or is corrupt")
+    if mpath.is_file():  # a lorabench checkpoint: the files must be the ones that were saved
+        manifest = read_json_object(mpath, "the checkpoint is damaged: use another checkpoint or load the "
+                                           "adapter file itself")
+        recorded = manifest.get("files", {}) if isinstance(manifest.get("files"), dict) else {}
+        checked = [(f, digest)] + ([(cfg_file, None)] if source == str(cfg_file) else [])
+        for file, have in checked:
+            want = recorded.get(file.name)
+            if want and want != (have or sha256_file(file)):
+                raise AdapterError(f"{file} does not match the sha256 recorded in {mpath}: the file changed "
+                                   "after the checkpoint was written or is corrupt")
     return RawAdapter(f, digest, tensors, config, source, manifest)
 
 
@@ -218,15 +276,15 @@ class Adapter:
     manifest: Optional[dict[str, Any]] = None
     notes: list[str] = field(default_factory=list)
     renamed_from: Optional[str] = None        # family whose original names were mapped
+    # One line per disagreement between the LoRA config and the tensors (field, file, modules).
+    inconsistencies: list[str] = field(default_factory=list)
+    # target_modules entries that name none of the file's modules (judged against a model later:
+    # an entry that names no module of the model either is ignored by peft too).
+    uncovered_targets: list[str] = field(default_factory=list)
 
     @property
     def use_rslora(self) -> bool:
         return bool((self.config or {}).get("use_rslora"))
-
-    @property
-    def targets(self) -> Optional[list[str] | str]:
-        t = (self.config or {}).get("target_modules")
-        return sorted(t) if isinstance(t, (list, tuple, set)) else t
 
     def lora(self) -> dict[str, ModuleLora]:
         return {n: m for n, m in self.modules.items() if m.is_lora}
@@ -238,12 +296,52 @@ class Adapter:
         return ", ".join(f"{s} ({n})" for s, n in Counter(m.alpha_source for m in self.lora().values()).items())
 
 
-def _pattern_value(patterns: dict[str, Any], name: str) -> Any:
-    # peft's rule (peft.utils.other.get_pattern_key): a pattern matches a suffix at a dot boundary.
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
+def _pattern_key(patterns: dict[str, Any], name: str, field_name: str, source: Optional[str]) -> Optional[str]:
+    # peft's rule (peft.utils.other.get_pattern_key): the first pattern matching a suffix at a dot boundary.
+    for key in patterns:
+        try:
+            if re.match(rf"(.*\.)?({key})$", name):
+                return key
+        except re.error as e:
+            raise AdapterError(f"{source}: `{field_name}` key {key!r} is not a valid regular expression ({e}); "
+                               "fix the LoRA config") from None
     return None
+
+
+def config_value(cfg: dict[str, Any], pattern_field: str, field_name: str, name: str,
+                 source: Optional[str] = None) -> tuple[str, Any]:
+    """(field, value) peft uses for module ``name``: its ``rank_pattern``/``alpha_pattern`` entry, else the default."""
+    patterns = cfg.get(pattern_field) or {}
+    key = _pattern_key(patterns, name, pattern_field, source) if isinstance(patterns, dict) else None
+    if key is not None:
+        return f"{pattern_field}[{key!r}]", patterns[key]
+    return field_name, cfg.get(field_name)
+
+
+def checkable_targets(cfg: Optional[dict[str, Any]]) -> bool:
+    """Whether ``cfg`` names its targets in a form that can be matched without peft's model walk."""
+    t = (cfg or {}).get("target_modules")
+    return bool(t) and t != "all-linear" and isinstance(t, (str, list, tuple, set))
+
+
+def target_entries(cfg: dict[str, Any], name: str, source: Optional[str] = None) -> list[str]:
+    """The ``target_modules`` entries of ``cfg`` that make peft adapt module ``name``.
+
+    peft's own matcher (``check_target_module_exists``), so ``exclude_modules``,
+    ``layers_to_transform``/``layers_pattern`` and a regex string count exactly as in peft.
+    """
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = cfg.get("target_modules")
+    entries = [targets] if isinstance(targets, str) else sorted(targets or ())
+    rest = {k: cfg.get(k) for k in ("exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern")}
+    try:
+        return [e for e in entries if check_target_module_exists(
+            SimpleNamespace(target_modules=e if isinstance(targets, str) else [e], target_parameters=None, **rest),
+            name)]
+    except (re.error, TypeError) as e:
+        raise AdapterError(f"{source or 'the LoRA config'}: `target_modules`/`exclude_modules`/`layers_to_transform` "
+                           f"cannot be matched as peft would ({type(e).__name__}: {e}); fix the LoRA config") from None
 
 
 class _Resolver:
@@ -324,28 +422,77 @@ def normalise(raw: RawAdapter, model: Optional[ModelInfo] = None) -> Adapter:
     return adapter
 
 
+def _number(field_name: str, value: Any, source: Optional[str], rank: bool) -> float:
+    """A config number as peft would use it: a rank is a positive integer, an alpha a finite number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and rank:
+        ok = float(value).is_integer() and value > 0
+    if not ok:
+        raise AdapterError(f"{source}: `{field_name}` is {value!r}, not a "
+                           f"{'positive integer' if rank else 'finite number'}; fix the LoRA config or re-export "
+                           "the adapter")
+    return value
+
+
 def _attach_alphas(adapter: Adapter) -> None:
+    """Alpha per module (``.alpha`` tensor, else config, else rank), and config-vs-tensor disagreements."""
     cfg = adapter.config or {}
+    src = adapter.config_source
     defaulted = []
+    rank_off: dict[tuple[str, Any, int], list[str]] = defaultdict(list)
+    alpha_off: dict[tuple[str, Any, float], list[str]] = defaultdict(list)
     for mod in adapter.lora().values():
-        if mod.rank is not None and cfg:
-            want = _pattern_value(cfg.get("rank_pattern") or {}, mod.file_name) or cfg.get("r")
-            if want is not None and int(want) != mod.rank:
-                adapter.notes.append(f"{adapter.config_source} gives r={want} for `{mod.file_name}` but its "
-                                     f"tensors have rank {mod.rank}: the tensors are used")
-        if mod.alpha is not None:
-            continue
-        value = _pattern_value(cfg.get("alpha_pattern") or {}, mod.file_name)
-        if value is None:
-            value = cfg.get("lora_alpha")
+        usable = mod.A is not None and mod.B is not None and not mod.problem
+        if usable and cfg:
+            field_name, want = config_value(cfg, "rank_pattern", "r", mod.file_name, src)
+            if want is not None and _number(field_name, want, src, rank=True) != mod.rank:
+                rank_off[(field_name, want, mod.rank)].append(mod.file_name)
+        field_name, value = config_value(cfg, "alpha_pattern", "lora_alpha", mod.file_name, src)
         if value is not None:
-            mod.alpha, mod.alpha_source = float(value), adapter.config_source
+            value = float(_number(field_name, value, src, rank=False))
+        if mod.alpha is not None:  # an .alpha tensor: checkable against the config
+            if value is not None and usable and value != mod.alpha:
+                alpha_off[(field_name, value, mod.alpha)].append(mod.file_name)
+            continue
+        if value is not None:
+            mod.alpha, mod.alpha_source = value, src
         elif mod.rank is not None:
             mod.alpha, mod.alpha_source = float(mod.rank), "default alpha = rank"
             defaulted.append(mod.name)
     if defaulted:
         adapter.notes.append(f"{len(defaulted)} of {len(adapter.lora())} modules store no alpha (no .alpha "
                              "tensor, no config): alpha = rank assumed (scale 1), the diffusers/PEFT convention")
+
+    def first(names: list[str]) -> str:
+        return f"{len(names)} module(s) (first: `{sorted(names, key=natural_key)[0]}`)"
+
+    for (field_name, want, have), names in sorted(rank_off.items(), key=str):
+        adapter.inconsistencies.append(
+            f"{src}: `{field_name}` = {want} but the tensors of {first(names)} have rank {have}")
+    for (field_name, want, have), names in sorted(alpha_off.items(), key=str):
+        adapter.inconsistencies.append(
+            f"{src}: `{field_name}` = {want:g} but the `.alpha` tensors in {adapter.source.name} give {have:g} for "
+            f"{first(names)}")
+    _check_targets(adapter)
+
+
+def _check_targets(adapter: Adapter) -> None:
+    """Tensors for modules the config does not target, and target entries no tensor answers."""
+    cfg = adapter.config
+    if not checkable_targets(cfg) or "kohya" in adapter.dialect:  # kohya names are only known against a model
+        return
+    selected = {m.file_name: target_entries(cfg, m.file_name, adapter.config_source) for m in adapter.lora().values()}
+    untargeted = sorted((n for n, entries in selected.items() if not entries), key=natural_key)
+    if untargeted:
+        fields = [f"`{k}`" for k in ("target_modules", "exclude_modules", "layers_to_transform")
+                  if cfg.get(k) not in (None, [], "")]
+        adapter.inconsistencies.append(
+            f"{adapter.config_source}: {'/'.join(fields)} {'does' if len(fields) == 1 else 'do'} not select "
+            f"{len(untargeted)} module(s) that have tensors in {adapter.source.name} (first: `{untargeted[0]}`)")
+    targets = cfg["target_modules"]
+    hit = {e for entries in selected.values() for e in entries}
+    adapter.uncovered_targets = [e for e in ([targets] if isinstance(targets, str) else sorted(targets))
+                                 if e not in hit]
 
 
 def open_adapter(path: str | Path, model: Optional[ModelInfo] = None) -> Adapter:

@@ -42,7 +42,12 @@ def denoiser(model_or_pipeline: Any) -> torch.nn.Module:
 
 def inspect_adapter(path: str | Path, model_or_pipeline: Any = None, scale: float = 1.0,
                     adapter_name: str = DEFAULT_ADAPTER_NAME) -> AdapterReport:
-    """Report how the adapter at ``path`` fits the model (or describe it alone); changes nothing."""
+    """Report how the adapter at ``path`` fits the model (or describe it alone); changes nothing.
+
+    Refuses only what cannot be read (bad files, invalid JSON, non-finite tensors); whether the
+    fit is acceptable is ``report.ok``, and ``report.check(allow_partial, allow_inconsistent)``
+    raises the same error :func:`load_adapter` would.
+    """
     info = describe_model(denoiser(model_or_pipeline)) if model_or_pipeline is not None else None
     return build_report(open_adapter(path, info), info, scale, adapter_name)
 
@@ -53,13 +58,22 @@ def loaded_adapters(model: torch.nn.Module) -> set[str]:
 
 
 def load_adapter(model_or_pipeline: Any, path: str | Path, scale: float = 1.0, allow_partial: bool = False,
-                 adapter_name: str = DEFAULT_ADAPTER_NAME) -> AdapterReport:
+                 adapter_name: str = DEFAULT_ADAPTER_NAME, allow_inconsistent: bool = False) -> AdapterReport:
     """Inject the adapter at ``path`` (any dialect) and return its report.
 
-    Raises :class:`AdapterError` (with the report table in the message) when a key does not fit
-    the model or a module the adapter's config targets has no weights, unless
-    ``allow_partial=True`` (then the table is logged as a warning). Matching nothing is always
-    an error. The effective update of each module is ``scale * alpha / r * B @ A``.
+    Raises :class:`AdapterError` (with the explained table in the message), and loads nothing, when:
+
+    - a file cannot be read, a JSON file is invalid, or a tensor holds NaN/inf (always);
+    - no tensor matches the model (always);
+    - the fit is partial: a key does not fit the model, a module the adapter's config targets has
+      no weights, or a module type is adapted in some blocks but not in others (a file covering
+      block 0 of a 2-block model) -- unless ``allow_partial=True``;
+    - the LoRA config disagrees with the tensors (rank, alpha, target_modules) -- unless
+      ``allow_inconsistent=True``, which loads the tensors as they are with scale alpha / the
+      tensors' own rank (never alpha / the config's r).
+
+    Each accepted exception is logged as a warning and recorded in ``report.notes``. The
+    effective update of each module is ``scale * alpha / r * B @ A``.
     """
     model = denoiser(model_or_pipeline)
     if adapter_name in loaded_adapters(model):
@@ -71,19 +85,19 @@ def load_adapter(model_or_pipeline: Any, path: str | Path, scale: float = 1.0, a
     for note in rep.notes:
         if note.startswith("WARNING"):
             log.warning("%s: %s", adapter.source, note)
-    if not rep.matched:
-        raise AdapterError(f"{adapter.source}: no LoRA tensor of this {adapter.dialect} adapter matches a module "
-                           f"of {info.class_name}; nothing was loaded.\n{rep.to_table(max_matched=20)}", rep)
-    if rep.missing or rep.unexpected:
-        msg = (f"{adapter.source} does not fully match {info.class_name}: {len(rep.missing)} missing, "
-               f"{len(rep.unexpected)} unexpected (see the reasons below)")
-        if not allow_partial:
-            raise AdapterError(f"{msg}. Nothing was loaded; pass allow_partial=True (CLI: --allow-partial) to "
-                               f"load the {len(rep.matched)} matching modules anyway.\n"
-                               f"{rep.to_table(max_matched=20)}", rep)
-        log.warning("%s; loading the %d matching modules (allow_partial=True)\n%s", msg, len(rep.matched),
+    rep.check(allow_partial, allow_inconsistent)
+    if rep.inconsistent:
+        log.warning("%s: loading despite %d config/tensor disagreements (allow_inconsistent=True):\n  %s",
+                    adapter.source, len(rep.inconsistent), "\n  ".join(rep.inconsistent))
+        rep.notes.append("config/tensor disagreements accepted (allow_inconsistent=True): the tensors are loaded "
+                         "as they are, scale = alpha / the tensors' own rank")
+    if rep.partial:
+        log.warning("%s does not fully match %s (%d missing, %d unexpected, %d module types in only some blocks); "
+                    "loading the %d matching modules (allow_partial=True)\n%s", adapter.source, info.class_name,
+                    len(rep.missing), len(rep.unexpected), len(rep.coverage), len(rep.matched),
                     rep.to_table(max_matched=20))
-        rep.notes.append("partial load (allow_partial=True): the missing/unexpected rows were not applied")
+        rep.notes.append("partial load (allow_partial=True): the missing/unexpected rows were not applied"
+                         + ("; the blocks listed under partial coverage carry no adapter" if rep.coverage else ""))
     try:
         _inject(model, adapter, rep)
         _check_applied(model, adapter, rep)

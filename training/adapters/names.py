@@ -90,6 +90,17 @@ def family_of(model_class: str) -> Optional[str]:
     return next((f for f, t in NAME_TABLES.items() if model_class in t.model_classes), None)
 
 
+def family_from_names(names: Iterable[str]) -> Optional[str]:
+    """The one registered family whose name table maps some of ``names`` (either way), else None.
+
+    The tables are exact per-block templates (``blocks.{i}.attn1.to_q``), so a match identifies
+    the family; names no table maps, or names two tables map, give None.
+    """
+    names = list(names)
+    hits = [f for f, t in NAME_TABLES.items() if any(t.to_original(n) or t.to_model(n) for n in names)]
+    return hits[0] if len(hits) == 1 else None
+
+
 # ------------------------------------------------------------------ target model description
 
 

@@ -11,7 +11,7 @@ import difflib
 import json
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -43,6 +43,27 @@ class KeyIssue:
 
 
 @dataclass
+class CoverageGap:
+    """One module type the adapter adapts in some blocks of a repeated container but not in others."""
+
+    container: str          # e.g. ``blocks`` (Wan) or ``transformer_blocks`` (SD3)
+    module_type: str        # the module's name inside a block, e.g. ``attn1.to_q``
+    adapted: list[int]      # block indices that have tensors for it
+    missing: list[int]      # block indices of the model that have the module but no tensors for it
+
+
+def index_ranges(idx: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    runs: list[list[int]] = []
+    for i in sorted(idx):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+@dataclass
 class AdapterReport:
     """Everything known about one adapter and its fit to one model."""
 
@@ -66,11 +87,72 @@ class AdapterReport:
     model_blocks: Optional[int] = None
     loaded: bool = False                        # injected into the model (not just inspected)
     effect_max_diff: Optional[float] = None     # set by verify_effect
+    coverage: list[CoverageGap] = field(default_factory=list)  # partial: module types missing in some blocks
+    inconsistent: list[str] = field(default_factory=list)      # LoRA config vs tensors, one line per problem
+
+    @property
+    def partial(self) -> bool:
+        """Something does not fit: missing or unexpected modules, or module types adapted in only some blocks."""
+        return bool(self.missing or self.unexpected or self.coverage)
 
     @property
     def ok(self) -> bool:
-        """Every adapter tensor fits the model and nothing it targets is missing."""
-        return bool(self.matched or self.full_tensors) and not self.missing and not self.unexpected
+        """Every adapter tensor fits the model, nothing it targets is missing, every block is covered alike,
+        and its LoRA config agrees with its tensors."""
+        return bool(self.matched or self.full_tensors) and not self.partial and not self.inconsistent
+
+    def refusal(self, allow_partial: bool = False, allow_inconsistent: bool = False,
+                with_table: bool = True) -> Optional[str]:
+        """Why loading this adapter is refused (first line: the file and what to do), or None.
+
+        Nothing matching is always refused; a partial fit only without ``allow_partial``, a config
+        that disagrees with the tensors only without ``allow_inconsistent``. ``with_table=False``
+        leaves out the module table (for a caller that printed it already).
+        """
+        table = f"\n{self.to_table(max_matched=20)}" if with_table else ""
+        if not (self.matched or self.full_tensors):
+            what = f"a module of {self.model}" if self.model else "any module name this loader understands"
+            return (f"{self.source}: no LoRA tensor of this {self.dialect} adapter matches {what}; "
+                    f"nothing was loaded.{table}")
+        parts = []
+        if self.inconsistent and not allow_inconsistent:
+            parts.append(f"{self.source}: its LoRA config disagrees with its tensors ({len(self.inconsistent)} "
+                         "problem(s) below); nothing was loaded. Fix the config or re-export the adapter; to load "
+                         "the tensors as they are (scale = alpha / the tensors' own rank), pass "
+                         "allow_inconsistent=True (CLI: --allow-inconsistent).\n"
+                         + "\n".join(f"  {line}" for line in self.inconsistent))
+        if self.partial and not allow_partial:
+            counts = f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"
+            if self.coverage:
+                counts += f", {len(self.coverage)} module types adapted in only some blocks"
+            msg = (f"{self.source} does not fully match {self.model}: {counts} (see the reasons below). Nothing "
+                   f"was loaded; if that is intended, pass allow_partial=True (CLI: --allow-partial) to load the "
+                   f"{len(self.matched)} matching modules anyway.")
+            if self.coverage and not with_table:  # the full table ends with it otherwise
+                msg += "\n" + self.coverage_table()
+            parts.append(msg + table)
+        return "\n".join(parts) or None
+
+    def check(self, allow_partial: bool = False, allow_inconsistent: bool = False) -> None:
+        """Raise :class:`AdapterError` with :meth:`refusal`'s message unless the adapter is acceptable."""
+        why = self.refusal(allow_partial, allow_inconsistent)
+        if why:
+            raise AdapterError(why, self)
+
+    def coverage_table(self) -> str:
+        """The partial-coverage gaps: which module types are adapted in which blocks, and where they are missing."""
+        if not self.coverage:
+            return ""
+        blocks = (f" (blocks: adapter {self.adapter_blocks or '-'}, model {self.model_blocks or '-'})"
+                  if self.adapter_blocks or self.model_blocks else "")
+        rows = [("module type", "adapted in blocks", "missing in blocks")]
+        rows += [(f"{g.container}.N.{g.module_type}", index_ranges(g.adapted), index_ranges(g.missing))
+                 for g in self.coverage]
+        widths = [max(len(r[c]) for r in rows) for c in range(2)]
+        lines = [f"partial coverage: {len(self.coverage)} module types are adapted in some blocks but not in "
+                 f"others{blocks}; a complete adapter adapts each module type in every block that has it:"]
+        lines += ["  " + "  ".join(r[c].ljust(widths[c]) for c in range(2)) + "  " + r[2] for r in rows]
+        return "\n".join(line.rstrip() for line in lines)
 
     def scaling(self, module: str) -> float:
         """Effective multiplier of B@A for ``module``: scale * alpha / r (alpha / sqrt(r) with rsLoRA)."""
@@ -80,7 +162,9 @@ class AdapterReport:
     def summary(self) -> str:
         return (f"{self.source} (sha256 {self.sha256[:12]}, {self.dialect}): {len(self.matched)} modules "
                 f"matched, rank {value_counts(self.ranks)}, alpha {value_counts(self.alphas)}, scale {self.scale:g}; "
-                f"{len(self.missing)} missing, {len(self.unexpected)} unexpected")
+                f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"
+                + (f", {len(self.coverage)} module types in only some blocks" if self.coverage else "")
+                + (f", {len(self.inconsistent)} config/tensor disagreements" if self.inconsistent else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +182,10 @@ class AdapterReport:
                 ("scale", f"{self.scale:g}"),
                 ("result", f"{len(self.matched)} matched, {len(self.missing)} missing, "
                            f"{len(self.unexpected)} unexpected, {len(self.full_tensors)} full tensors"
+                           + (f", {len(self.coverage)} module types in only some blocks (partial)"
+                              if self.coverage else "")
                            + ("  [loaded]" if self.loaded else ""))]
+        head += [("inconsistent", n) for n in self.inconsistent]
         head += [("note", n) for n in self.notes]
         if self.effect_max_diff is not None:
             head.append(("effect", f"max |output with - without adapter| = {self.effect_max_diff:.3e}"))
@@ -120,6 +207,8 @@ class AdapterReport:
                   for r in table]
         if len(shown) < len(self.matched):
             lines.append(f"... and {len(self.matched) - len(shown)} more matched modules")
+        if self.coverage:
+            lines += ["", self.coverage_table()]
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -192,44 +281,92 @@ def _problem(mod: "ModuleLora", model: Optional["ModelInfo"], adapter_blocks: Op
     return None
 
 
-def _targeted(name: str, targets: Any, exclude: Any) -> Optional[str]:
-    """The config entry that makes peft adapt ``name`` (peft's matching rules), else None."""
-    def hit(spec: Any) -> Optional[str]:
-        if isinstance(spec, str):
-            return spec if re.fullmatch(spec, name) else None
-        return next((t for t in spec or () if name == t or name.endswith("." + t)), None)
-    return None if exclude and hit(exclude) else hit(targets)
-
-
-def _missing(adapter: "Adapter", model: "ModelInfo", adapter_blocks: Optional[int]) -> list[KeyIssue]:
-    targets = adapter.targets
-    if not targets or targets == "all-linear":  # all-linear depends on peft's output-layer rule
-        return []
-    exclude = (adapter.config or {}).get("exclude_modules")
-    # Targets are written in the file's naming; compare in that naming when names were mapped.
+def _config_naming(adapter: "Adapter", model: "ModelInfo"):
+    """Module name as the adapter's config writes it (original family names when they were mapped)."""
     table = model.names if adapter.renamed_from else None
+    return lambda name: (table.to_original(name) if table else None) or name
+
+
+def _missing(adapter: "Adapter", model: "ModelInfo", adapter_blocks: Optional[int],
+             uncovered: set[str]) -> list[KeyIssue]:
+    """Modules the config targets that have no tensors (entries no tensor answers at all are reported as
+    config/tensor disagreements instead, once)."""
+    from .formats import checkable_targets, target_entries
+
+    cfg = adapter.config
+    if not checkable_targets(cfg):  # all-linear depends on peft's output-layer rule
+        return []
+    naming = _config_naming(adapter, model)
     out = []
     for name in sorted(model.layers, key=natural_key):
-        cfg_name = (table.to_original(name) if table else None) or name
-        t = _targeted(cfg_name, targets, exclude)
-        if t is None or (name in adapter.modules and adapter.modules[name].is_lora):
+        if name in adapter.modules and adapter.modules[name].is_lora:
+            continue
+        entries = [e for e in target_entries(cfg, naming(name), adapter.config_source) if e not in uncovered]
+        if not entries:
             continue
         idx = _block(name)
         why = (f": the adapter has {adapter_blocks} blocks, the model {model.blocks}"
                if idx is not None and adapter_blocks is not None and idx >= adapter_blocks else "")
-        out.append(KeyIssue(name, f"targeted by `{t}` in {adapter.config_source}, but the file has no "
+        out.append(KeyIssue(name, f"targeted by `{entries[0]}` in {adapter.config_source}, but the file has no "
                                   f"weights for it{why}"))
+    return out
+
+
+_IN_BLOCK = re.compile(r"^(?P<container>.+?)\.(?P<idx>\d+)\.(?P<rest>.+)$")
+
+
+def _coverage(adapter: "Adapter", model: "ModelInfo", already: set[str]) -> list[CoverageGap]:
+    """Module types the adapter adapts in some blocks of a repeated container but not in every block of
+    the model that has them (modules already reported as missing are not counted twice)."""
+    present = {n for n, m in adapter.modules.items() if m.is_lora and n in model.layers}
+    types: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+    for name in model.layers:
+        if m := _IN_BLOCK.match(name):
+            types[(m["container"], m["rest"])][int(m["idx"])] = name
+    gaps = []
+    for (container, rest), by_idx in types.items():
+        adapted = sorted(i for i, n in by_idx.items() if n in present)
+        lacking = sorted(i for i, n in by_idx.items() if n not in present and n not in already)
+        if adapted and lacking:
+            gaps.append(CoverageGap(container, rest, adapted, lacking))
+    return sorted(gaps, key=lambda g: (natural_key(g.container), natural_key(g.module_type)))
+
+
+def _uncovered_targets(adapter: "Adapter", model: Optional["ModelInfo"], rep: "AdapterReport") -> set[str]:
+    """Sort the config's target entries that no tensor answers: a disagreement when they name modules of
+    the model, a note when they name none (peft ignores those too) or when there is no model to ask."""
+    from .formats import target_entries
+
+    out = set()
+    naming = _config_naming(adapter, model) if model is not None else None
+    for entry in adapter.uncovered_targets:
+        where = f"{adapter.config_source}: `target_modules` entry `{entry}`"
+        if model is None:
+            rep.notes.append(f"{where} selects none of the modules in {adapter.source.name} (checked against a "
+                             "model when one is given)")
+            continue
+        named = [n for n in model.layers
+                 if entry in target_entries(adapter.config or {}, naming(n), adapter.config_source)]
+        if not named:
+            rep.notes.append(f"{where} names no module of {model.class_name} nor of the file; ignored (as peft does)")
+            continue
+        out.add(entry)
+        rep.inconsistent.append(f"{where} selects {len(named)} module(s) of {model.class_name} (first: "
+                                f"`{sorted(named, key=natural_key)[0]}`) but {adapter.source.name} has no tensors "
+                                "for any of them")
     return out
 
 
 def build_report(adapter: "Adapter", model: Optional["ModelInfo"], scale: float = 1.0,
                  adapter_name: str = "lorabench") -> AdapterReport:
     """Match a normalised adapter against a model description (or describe it alone)."""
+    from .formats import checkable_targets  # formats imports this module
     rep = AdapterReport(source=str(adapter.source), sha256=adapter.sha256, dialect=adapter.dialect,
                         scale=scale, adapter_name=adapter_name, model=model.class_name if model else None,
                         alpha_source=adapter.alpha_sources(), use_rslora=adapter.use_rslora,
                         notes=list(adapter.notes), model_blocks=model.blocks if model else None)
     rep.unexpected = list(adapter.issues)
+    rep.inconsistent = list(adapter.inconsistencies)
     rep.adapter_blocks = block_count(adapter.modules)
     if adapter.renamed_from:
         rep.notes.append(f"module names mapped from original {adapter.renamed_from} naming to diffusers naming")
@@ -244,8 +381,18 @@ def build_report(adapter: "Adapter", model: Optional["ModelInfo"], scale: float 
             rep.matched.append(name)
             rep.ranks[name], rep.alphas[name] = mod.rank, mod.alpha
             rep.delta_norms[name] = delta_norm(mod.A, mod.B, rep.scaling(name))
+    uncovered = _uncovered_targets(adapter, model, rep)
     if model is not None:
-        rep.missing = _missing(adapter, model, rep.adapter_blocks)
+        rep.missing = _missing(adapter, model, rep.adapter_blocks, uncovered)
+        gaps = _coverage(adapter, model, {i.name for i in rep.missing})
+        if gaps and checkable_targets(adapter.config):
+            # The config selects these modules and the tensors agree (else a row above says so): a
+            # layers_to_transform or per-block target list, partial by design. Said, not refused.
+            rep.notes.append(f"adapts some module types in only some blocks, as {adapter.config_source} selects: "
+                             + "; ".join(f"{g.container}.N.{g.module_type} in blocks {index_ranges(g.adapted)}"
+                                         for g in gaps[:4]) + (" ..." if len(gaps) > 4 else ""))
+        else:
+            rep.coverage = gaps
         note = _base_model_note(adapter, model)
         if note:
             rep.notes.append(note)

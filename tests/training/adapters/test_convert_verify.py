@@ -43,7 +43,13 @@ def test_round_trip_keeps_every_delta(to, source, new_wan, reference_deltas, tmp
 
 def test_alpha_written_exactly(source, tmp_path):
     for to, prefix, sep in (("kohya", "lora_unet_", "_"), ("comfyui", "diffusion_model.", ".")):
+        # Wan's original names by default (ffn.0 = ffn.net.0.proj, self_attn.q = attn1.to_q)
         out = convert(source.diffusers, to, tmp_path / f"{to}.safetensors")
+        with safe_open(str(out), "pt") as f:
+            a = f.get_tensor(f"{prefix}blocks{sep}0{sep}ffn{sep}0.alpha")
+            assert a.ndim == 0 and float(a) == 3.0
+            assert float(f.get_tensor(f"{prefix}blocks{sep}0{sep}self_attn{sep}q.alpha")) == 8.0
+        out = convert(source.diffusers, to, tmp_path / f"{to}-d.safetensors", original_names=False)
         with safe_open(str(out), "pt") as f:
             a = f.get_tensor(f"{prefix}blocks{sep}0{sep}ffn{sep}net{sep}0{sep}proj.alpha")
             assert a.ndim == 0 and float(a) == 3.0
@@ -119,7 +125,7 @@ def test_cli(source, zero_b, tiny_wan, new_wan, tmp_path, capsys):
     assert "20 matched, 0 missing, 0 unexpected" in capsys.readouterr().out
     assert verify_main([str(source.diffusers), "--model", str(tiny_wan), "--scale", "0.5"]) == 0
     assert "OK: the adapter changes the output" in capsys.readouterr().out
-    assert verify_main([str(zero_b), "--model", str(tiny_wan)]) == 1
+    assert verify_main([str(zero_b), "--model", str(tiny_wan)]) == 2  # EXIT_USER_ERROR
     assert "every B matrix is zero" in capsys.readouterr().err
     k = tmp_path / "k.safetensors"
     assert convert_main([str(source.diffusers), "--to", "kohya", "--out", str(k)]) == 0 and k.is_file()
@@ -135,9 +141,11 @@ def test_cli(source, zero_b, tiny_wan, new_wan, tmp_path, capsys):
             if "lora_B" in n:
                 p.fill_(0.01)
     f = save_diffusers(big, tmp_path / "big", lora_cfg())
-    assert inspect_main([str(f), "--model", str(tiny_wan)]) == 1
-    assert "partial match (0 missing, 10 unexpected)" in capsys.readouterr().err
-    assert verify_main([str(f), "--model", str(tiny_wan)]) == 1
+    assert inspect_main([str(f), "--model", str(tiny_wan)]) == 2
+    assert "does not fully match WanTransformer3DModel: 0 missing, 10 unexpected" in capsys.readouterr().err
+    assert inspect_main([str(f), "--model", str(tiny_wan), "--allow-partial"]) == 0
+    capsys.readouterr()
+    assert verify_main([str(f), "--model", str(tiny_wan)]) == 2
     assert "the adapter has 3 blocks, the model 2" in capsys.readouterr().err
-    assert inspect_main([str(tmp_path / "missing.safetensors")]) == 1
-    assert inspect_main([str(source.peft), "--model", str(tmp_path)]) == 1  # not a model folder
+    assert inspect_main([str(tmp_path / "missing.safetensors")]) == 2
+    assert inspect_main([str(source.peft), "--model", str(tmp_path)]) == 2  # not a model folder
