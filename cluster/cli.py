@@ -56,7 +56,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        steps=args.steps, guidance=args.guidance, shift=args.shift,
                        negative_prompt=args.negative_prompt, fps=args.fps, max_text_length=args.max_text_length,
                        dtype=args.dtype, vae_dtype=args.vae_dtype, text_encoder_dtype=args.text_encoder_dtype,
-                       offload=args.offload, device=args.device)
+                       offload=args.offload, device=args.device, allow_partial=args.allow_partial,
+                       allow_inconsistent=args.allow_inconsistent, long_prompts_policy=args.long_prompts)
     if records:
         st = records[0].settings
         print(f"settings: {st['width']}x{st['height']}x{st['frames']} @ {st['fps']} fps, {st['steps']} steps, "
@@ -196,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--offload", action="store_true", help="diffusers model CPU offload: one component on the GPU "
                    "at a time (needs CUDA)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--long-prompts", default="error", choices=["error", "truncate", "skip"],
+                   help="a prompt over the text encoder limit: refuse it (default), keep what the encoder reads "
+                   "(recorded as prompt_truncated), or leave it out; the policy of training's data.long_captions")
+    g.add_argument("--allow-partial", action="store_true", help="use an adapter that adapts a module type in some "
+                   "blocks only (refused by default, with the coverage table)")
+    g.add_argument("--allow-inconsistent", action="store_true", help="use an adapter whose adapter_config.json "
+                   "disagrees with its tensors (scaled by alpha / the tensors' rank)")
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("make-tiny", help="write a tiny random diffusers model folder (offline)")
@@ -227,14 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_library_progress() -> None:
-    """Hide diffusers/transformers per-component loading bars; warnings still show."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
 def parse_command(argv: list[str]) -> tuple[Callable[[], int], bool]:
     """(runner, verbose) for a ``lorabench`` command line; parse errors exit like argparse's.
 
@@ -263,7 +263,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
-        _quiet_library_progress()
+        from training.console import quiet_third_party
+        quiet_third_party()
     return run_entry("lorabench", runner, debug=debug)
 
 

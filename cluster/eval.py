@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from eval.config import EvalConfig, load_eval_config
 from eval.generation import Plan
 from training.config import ConfigError
+from training.console import quiet_third_party
 from training.errors import run_entry, split_debug_flag
 
 log = logging.getLogger("lorabench.cluster")
@@ -123,6 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "  e.g. parallel.num_workers=4 parallel.use_gpu=true prompts.samples_per_prompt=4")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
 
     def body() -> int:
         from eval.results import summary_text

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from training.config import ConfigError, RunConfig, load_config
+from training.console import quiet_third_party
 from training.errors import run_entry, split_debug_flag
 
 log = logging.getLogger("lorabench.cluster")
@@ -124,6 +125,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    quiet_third_party()  # each worker is a fresh process: its library notices would repeat
     from training.trainer import Trainer
     cfg = load_config(None, base=config["run_config"])
     Trainer(cfg).run()
@@ -200,6 +202,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "deepspeed.config=configs/deepspeed/zero2.json)")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
 
     def body() -> int:
         print_summary(run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]])))

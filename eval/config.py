@@ -34,6 +34,10 @@ class AdapterEntry(_Section):
     name: Optional[str] = Field(None, description="Variant name; null derives it from the path.")
     checkpoints: Literal["all", "latest"] = Field(
         "all", description="For a run folder: every complete checkpoint ('all') or the newest ('latest').")
+    allow_partial: bool = Field(False, description="Evaluate an adapter that adapts a module type in some blocks "
+                                "but not others (refused by default, with the coverage table).")
+    allow_inconsistent: bool = Field(False, description="Evaluate an adapter whose adapter_config.json disagrees "
+                                     "with its tensors (rank, alpha, targets); scaled by alpha / the tensors' rank.")
 
 
 class VariantsConfig(_Section):
@@ -64,9 +68,10 @@ class PromptsConfig(_Section):
                       "'reference' is a paired real video/image, relative to the file, for PSNR/SSIM).")
     samples_per_prompt: int = Field(1, ge=1, le=10000, description="Repeats per prompt (different seeds).")
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N prompts.")
-    too_long: Literal["error", "skip"] = Field(
-        "error", description="A prompt longer than the text encoder's limit: stop ('error') or leave it out "
-        "of every variant and count it ('skip'). Never truncated silently.")
+    too_long: Literal["error", "skip", "truncate"] = Field(
+        "error", description="A prompt longer than the text encoder's limit: stop ('error'), leave it out of every "
+        "variant ('skip') or keep the tokens the encoder reads ('truncate'); skipped and truncated prompts are "
+        "listed in eval.json. The same policy as training's data.long_captions.")
 
 
 class ReferenceConfig(_Section):

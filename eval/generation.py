@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Protocol
 
-from tqdm.auto import tqdm
 
 from training.checkpoint import sha256_file
 from pydantic import ValidationError
 
 from training.config import ConfigError, format_errors
+from training.console import progress as progress_bar
 from training.generate import SamplingSettings
 from training.models import spec_for_folder
 from training.outputs import check_writable_dir
@@ -114,8 +114,8 @@ def make_plan(cfg: EvalConfig) -> Plan:
     # The negative prompt is counted with the prompts (one tokenizer load): it would be cut too.
     negative = [Prompt("negative", sampling.negative_prompt)] if sampling.uses_negative_prompt else []
     counts = token_counts(cfg.model.path, limits, prompts + negative)
-    prompts, skipped = check_lengths(prompts, {sub: n[:len(prompts)] for sub, n in counts.items()}, limits,
-                                     cfg.prompts.too_long)
+    prompts, skipped, truncated = check_lengths(prompts, {sub: n[:len(prompts)] for sub, n in counts.items()},
+                                                limits, cfg.prompts.too_long)
     if negative:
         over = [f"{sub}: {n[-1]} tokens > {limits[sub]}" for sub, n in counts.items() if n[-1] > limits[sub]]
         if over:
@@ -136,6 +136,7 @@ def make_plan(cfg: EvalConfig) -> Plan:
         "config": cfg.to_dict(), "config_hash": plan.config_hash, "settings_hash": settings.settings_hash,
         "sampling": sampling.to_dict(),
         "variants": [v.to_dict() for v in variants], "skipped_prompts": [vars(p) for p in skipped],
+        "truncated_prompts": [vars(p) for p in truncated],
         "family": spec.name, "modality": spec.modality})
     write_jsonl(layout.manifest, (r.to_dict() for r in rows))
     _schedule(plan, spec.modality)
@@ -199,7 +200,7 @@ def generate(plan: Plan, executor: Executor = run_local, progress: bool = True) 
                  ", ".join(f"{k}={n}" for k, n in plan.redo.items()))
     log.info("%d samples in the manifest: %d already done, %d to generate in %d tasks",
              len(plan.rows), plan.done, plan.pending, len(plan.tasks))
-    bar = tqdm(total=plan.pending, desc="generate", unit="sample", disable=not progress or not plan.pending)
+    bar = progress_bar(total=plan.pending, desc="generate", unit="sample", disable=not progress or not plan.pending)
 
     def on_done(result: dict[str, Any]) -> None:
         if result.get("proof"):

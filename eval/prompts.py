@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from training.config import ConfigError
+from training.data.captions import long_caption_action
 from training.generate import token_lengths
 
 log = logging.getLogger("lorabench.eval")
@@ -72,22 +73,35 @@ def token_counts(model_dir: str | Path, limits: dict[str, int], prompts: list[Pr
 
 
 def check_lengths(prompts: list[Prompt], counts: dict[str, list[int]], limits: dict[str, int],
-                  policy: Literal["error", "skip"]) -> tuple[list[Prompt], list[PromptSkip]]:
-    """Drop (``skip``) or refuse (``error``) prompts the pipeline would truncate."""
-    kept, skipped = [], []
+                  policy: Literal["error", "skip", "truncate"]
+                  ) -> tuple[list[Prompt], list[PromptSkip], list[PromptSkip]]:
+    """(kept, skipped, truncated): prompts over the encoder limit are refused (``error``), left
+    out (``skip``) or kept and cut by the pipeline (``truncate``), and always counted.
+
+    The decision is training's ``data.long_captions`` one (training.data.captions), so a
+    prompt is judged as a caption would be.
+    """
+    kept, skipped, truncated = [], [], []
     for i, prompt in enumerate(prompts):
-        over = [f"{sub}: {counts[sub][i]} tokens > {lim}" for sub, lim in limits.items() if counts[sub][i] > lim]
-        if not over:
+        action = long_caption_action({sub: counts[sub][i] for sub in limits}, limits, policy)
+        if action == "keep":
             kept.append(prompt)
             continue
+        over = [f"{sub}: {counts[sub][i]} tokens > {lim}" for sub, lim in limits.items() if counts[sub][i] > lim]
         reason = "too_long (" + "; ".join(over) + ")"
-        if policy == "error":
+        if action == "truncate":
+            log.warning("prompt %s is cut by the text encoder (prompts.too_long=truncate): %s", prompt.id, reason)
+            truncated.append(PromptSkip(prompt.id, reason))
+            kept.append(prompt)
+            continue
+        if action == "error":
             raise ConfigError(
                 f"prompt {prompt.id!r} ({prompt.text[:60]!r}...) is over the text encoder limit: {'; '.join(over)}. "
                 "The pipeline would truncate it silently. Shorten it, raise sampling.max_text_length (if the "
-                "model was trained with that length), or set prompts.too_long=skip to leave it out and count it.")
+                "model was trained with that length), or set prompts.too_long=skip (leave it out) or truncate "
+                "(keep what the encoder reads), both counted in eval.json.")
         log.warning("prompt %s left out of every variant: %s", prompt.id, reason)
         skipped.append(PromptSkip(prompt.id, reason))
     if not kept:
         raise ConfigError(f"all {len(prompts)} prompts are over the text encoder limit {limits}")
-    return kept, skipped
+    return kept, skipped, truncated

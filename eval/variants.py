@@ -32,6 +32,8 @@ class Variant:
     step: Optional[int] = None      # training step, for checkpoints
     sha256: Optional[str] = None    # of the adapter tensor file
     group: Optional[str] = None     # the adapter entry it came from (one run -> many steps)
+    allow_partial: bool = False     # load it although it covers some blocks only (variants.adapters[])
+    allow_inconsistent: bool = False  # load it although its config disagrees with its tensors
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -52,7 +54,8 @@ def resolve_variants(cfg: EvalConfig) -> list[Variant]:
             for scale in cfg.variants.scales:
                 name = _UNSAFE.sub("_", f"{label}@{scale:g}")
                 out.append(Variant(name, str(path), scale, step, sha, group=entry.name or _default_label(entry),
-                                   warnings=list(notes)))
+                                   warnings=list(notes), allow_partial=entry.allow_partial,
+                                   allow_inconsistent=entry.allow_inconsistent))
     names = [v.name for v in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

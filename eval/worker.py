@@ -21,6 +21,7 @@ from training.adapters import load_adapter, loaded_adapters, unload_adapter, ver
 from training.adapters.load import denoiser
 from training.adapters.report import value_counts
 from training.checkpoint import sha256_file
+from training.console import quiet_third_party
 from training.generate import SamplingSettings, load_sampling_pipeline, pixels_sha256, render, write_sample
 from training.models import spec_for_folder
 from training.runtime import Precision, resolve_device
@@ -46,7 +47,7 @@ class SampleWorker:
             # on how many cores the actor happened to get.
             torch.set_num_threads(settings.threads)
         self.s = settings
-        _quiet_loading_bars()
+        quiet_third_party()  # every actor would repeat the library notices and loading bars
         self.layout = EvalLayout(Path(out_dir))
         self.spec = spec_for_folder(settings.model_path)
         self.device = resolve_device(settings.device)
@@ -79,7 +80,9 @@ class SampleWorker:
         if variant["adapter"] is None:
             self.current = variant["name"]
             return None
-        report = load_adapter(self.pipe, variant["adapter"], scale=variant["scale"])
+        report = load_adapter(self.pipe, variant["adapter"], scale=variant["scale"],
+                              allow_partial=variant.get("allow_partial", False),
+                              allow_inconsistent=variant.get("allow_inconsistent", False))
         if report.sha256 != variant["sha256"]:
             raise RuntimeError(f"{variant['adapter']} changed during the eval (sha256 {report.sha256[:12]}, "
                                f"planned {variant['sha256'][:12]}); re-run to evaluate the new file")
@@ -120,11 +123,3 @@ class SampleWorker:
         # The record is written last: its presence is what marks the sample finished.
         write_json_atomic(lay.record(variant["name"], row["sample_id"]), record)
         return record
-
-
-def _quiet_loading_bars() -> None:
-    # Per-component loading bars from every actor would bury the driver's progress bar.
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()

@@ -30,6 +30,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rank = world_from_env()[0]
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    from .console import quiet_third_party
+    quiet_third_party()
     from .trainer import Trainer
 
     def body() -> int:

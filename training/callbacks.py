@@ -6,11 +6,15 @@ the loop itself knows nothing about logging formats.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from typing import Any, Optional
 
-from tqdm.auto import tqdm
+
+from .console import progress
+from .fsio import append_jsonl, read_jsonl, write_jsonl
+
+log = logging.getLogger("lorabench.train")
 
 
 class Callback:
@@ -20,8 +24,13 @@ class Callback:
 
 
 class JsonlLogger(Callback):
-    """Appends one JSON object per logged step to logs/metrics.jsonl (resume-safe: it truncates
-    records past the resume step so the file never holds two lines for one step)."""
+    """Appends one JSON object per logged step to logs/metrics.jsonl.
+
+    Resume-safe: on start it keeps only the records up to the resume step (so the file never
+    holds two lines for one step) and drops a torn last line left by a run killed while
+    writing it, saying once in the log what was dropped; a line damaged anywhere else is an
+    error naming file:line (see training.fsio).
+    """
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -30,14 +39,20 @@ class JsonlLogger(Callback):
         path = trainer.layout.metrics
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= trainer.step]
-            path.write_text("".join(line + "\n" for line in kept))
+            contents = read_jsonl(path)
+            if contents.torn is not None:
+                log.warning("%s", contents.describe_torn())
+            kept = [r for r in contents.records
+                    if not isinstance(r, dict) or not isinstance(r.get("step"), (int, float))
+                    or r["step"] <= trainer.step]
+            if contents.torn is not None or len(kept) != len(contents.records):
+                write_jsonl(path, kept)  # atomic: a kill here keeps the old file, never half of it
 
     def on_step(self, trainer: Any, metrics: dict[str, float]) -> None:
         if metrics["step"] % self.every == 0 or metrics["step"] == trainer.cfg.train.max_steps:
-            with open(trainer.layout.metrics, "a") as f:
-                f.write(json.dumps(metrics, sort_keys=True) + "\n")
+            repaired = append_jsonl(trainer.layout.metrics, metrics)
+            if repaired is not None:
+                log.warning("%s", repaired.describe_torn())
 
 
 class TensorBoardLogger(Callback):
@@ -63,11 +78,11 @@ class TensorBoardLogger(Callback):
 
 class ProgressBar(Callback):
     def __init__(self) -> None:
-        self.bar: Optional[tqdm] = None
+        self.bar: Any = None
 
     def on_start(self, trainer: Any) -> None:
-        self.bar = tqdm(total=trainer.cfg.train.max_steps, initial=trainer.step, desc="train",
-                        unit="step", dynamic_ncols=True)
+        # A bar on a terminal; one line per interval under Ray or into a log file.
+        self.bar = progress(total=trainer.cfg.train.max_steps, initial=trainer.step, desc="train", unit="step")
 
     def on_step(self, trainer: Any, metrics: dict[str, float]) -> None:
         assert self.bar is not None

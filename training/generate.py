@@ -16,12 +16,14 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .adapters import AdapterReport, load_adapter, verify_effect
 from .adapters.report import value_counts
 from .media_io import to_uint8, write_mp4, write_png
 from .config import ConfigError
+from .data.captions import describe_over, long_caption_action, over_limit
+from .errors import MissingFileError
+from .console import progress as progress_bar
 from .models import ModelSpec, spec_for_folder
 from .models.base import CARD_FIELDS
 from .outputs import check_writable_dir
@@ -46,6 +48,7 @@ class SampleRecord:
     output_sha256: str  # of the raw uint8 output, before any lossy encoding
     seconds: float
     settings: dict[str, Any]  # SamplingSettings: size, fps, steps, guidance, shift, negative prompt, dtypes
+    prompt_truncated: bool = False  # over the encoder limit and kept (--long-prompts truncate)
 
 
 def read_prompt_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
@@ -56,7 +59,7 @@ def read_prompt_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"prompts file not found: {p}")
+        raise MissingFileError(f"prompts file not found: {p}")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -157,7 +160,8 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
              negative_prompt: Optional[str] = None, max_text_length: Optional[int] = None,
              fps: Optional[int] = None, dtype: str = "auto", vae_dtype: str = "fp32",
              text_encoder_dtype: Optional[str] = None, offload: bool = False, device: str = "auto",
-             progress: bool = True) -> list[SampleRecord]:
+             progress: bool = True, allow_partial: bool = False, allow_inconsistent: bool = False,
+             long_prompts_policy: str = "error") -> list[SampleRecord]:
     """Generate one sample per prompt into ``out_dir``; returns the records (also in samples.jsonl).
 
     Settings left None take the model card's values (``spec.sampling_defaults``). ``dtype``
@@ -179,19 +183,22 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
         raise ConfigError("invalid sampling shape: " + "; ".join(
             p.replace("data.width", "--width").replace("data.height", "--height").replace("data.frames", "--frames")
             for p in problems))
-    check_prompt_lengths(spec, model_dir, prompts, settings)
+    long_prompts = check_prompt_lengths(spec, model_dir, prompts, settings, long_prompts_policy)
     pipe = load_sampling_pipeline(spec, model_dir, settings, dev)
     info: Optional[AdapterReport] = None
     if adapter is not None:
         # Every adapter module must patch the model (else AdapterError with the table), and one
         # forward with vs without it must differ: a LoRA that does nothing never reaches samples.
-        info = load_adapter(pipe, adapter, scale=scale)
+        info = load_adapter(pipe, adapter, scale=scale, allow_partial=allow_partial,
+                            allow_inconsistent=allow_inconsistent)
         verify_effect(pipe, spec, info)
         log.info("adapter applied: %s", info.summary())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="sample", disable=not progress)):
+    for i, prompt in enumerate(progress_bar(prompts, desc="generate", unit="sample", disable=not progress)):
+        if long_prompts.get(i) == "skip":  # counted above; the others keep their index and seed
+            continue
         s = sample_seed(seed, i)
         start = time.perf_counter()
         pixels = render(pipe, spec, prompt, s, settings)
@@ -203,7 +210,7 @@ def generate(model_dir: str | Path, prompts: list[str], out_dir: str | Path, *, 
             adapter_rank=value_counts(info.ranks) if info else None,
             adapter_alpha=value_counts(info.alphas) if info else None,
             output_sha256=pixels_sha256(pixels), seconds=round(time.perf_counter() - start, 4),
-            settings=settings.to_dict()))
+            settings=settings.to_dict(), prompt_truncated=long_prompts.get(i) == "truncate"))
     with open(out / "samples.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
@@ -225,16 +232,33 @@ def token_lengths(model_dir: str | Path, subfolders: Iterable[str], texts: list[
 
 
 def check_prompt_lengths(spec: ModelSpec, model_dir: str | Path, prompts: list[str],
-                         settings: SamplingSettings) -> None:
-    """Refuse prompts (and the negative prompt, when guidance uses it) the pipeline would truncate."""
+                         settings: SamplingSettings, policy: str = "error") -> dict[int, str]:
+    """``{prompt index: "truncate" | "skip"}`` for prompts over the text encoder limit.
+
+    The policy is training's ``data.long_captions`` one (``error`` refuses, ``skip`` leaves the
+    prompt out, ``truncate`` keeps what the encoder reads); the pipeline would otherwise cut
+    such a prompt silently. The negative prompt (when guidance uses it) is always refused.
+    """
     texts = list(prompts) + ([settings.negative_prompt] if settings.uses_negative_prompt else [])
     limits = spec.text_limits(settings.max_text_length)
-    for sub, lengths in token_lengths(model_dir, limits, texts).items():
-        for i, n in enumerate(lengths):
-            if n > limits[sub]:
-                what = "the negative prompt" if i == len(prompts) else f"prompt {i + 1} ({texts[i][:40]!r}...)"
-                raise ConfigError(f"{what} has {n} tokens for {sub}, over its limit of {limits[sub]}: the pipeline "
-                                  "would cut it silently; shorten it (or raise the max text length)")
+    counts = token_lengths(model_dir, limits, texts)
+    actions = {}
+    for i, text in enumerate(texts):
+        per_tokenizer = {sub: counts[sub][i] for sub in limits}
+        negative = i == len(prompts)
+        action = long_caption_action(per_tokenizer, limits, "error" if negative else policy)
+        if action == "keep":
+            continue
+        over = describe_over(over_limit(per_tokenizer, limits))
+        if action == "error":
+            what = "the negative prompt" if negative else f"prompt {i + 1} ({text[:40]!r}...)"
+            fix = "" if negative else ", or pass --long-prompts truncate|skip"
+            raise ConfigError(f"{what} has {over}: the pipeline would cut it silently; shorten it or raise "
+                              f"--max-text-length{fix}")
+        log.warning("prompt %d %s (--long-prompts %s): %s", i + 1, "is cut by the text encoder"
+                    if action == "truncate" else "is left out", policy, over)
+        actions[i] = action
+    return actions
 
 
 def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, settings: SamplingSettings) -> np.ndarray:

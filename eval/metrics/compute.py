@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from training.config import ConfigError
+from training.console import progress as progress_bar
 
 from ..config import EvalConfig
 from ..manifest import EvalLayout, stable_hash
@@ -109,7 +109,7 @@ def run_stage(stage: Stage, layout: EvalLayout, group: str, source_key: str,
         ids.extend(i for i, _, _ in batch)
         batch.clear()
 
-    bar = tqdm(total=total, desc=f"{stage.key}:{group}", unit="sample", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"{stage.key}:{group}", unit="sample", disable=not progress, leave=False)
     for sid, media, extra in items():
         bar.update(1)
         if media is None:

@@ -48,9 +48,9 @@ def test_make_tiny_make_data_train_generate(tmp_path, capsys):
 def test_adapter_subcommands_are_wired(tmp_path, capsys):
     from training.models import get_spec
     model = get_spec("wan").make_tiny(tmp_path / "m")
-    assert main(["adapter", "inspect", str(tmp_path / "missing")]) == 1
+    assert main(["adapter", "inspect", str(tmp_path / "missing")]) == EXIT_USER_ERROR
     assert "missing" in capsys.readouterr().err
-    assert main(["adapter", "verify", str(tmp_path / "missing"), "--model", str(model)]) == 1
+    assert main(["adapter", "verify", str(tmp_path / "missing"), "--model", str(model)]) == EXIT_USER_ERROR
     assert main(["adapter"]) == 2
 
 

@@ -117,7 +117,7 @@ def test_bf16_generation_with_an_adapter_records_its_settings(tiny_wan, trained_
 
 def test_negative_prompt_over_the_limit_is_refused(tiny_wan, tmp_path):
     from training.config import ConfigError
-    with pytest.raises(ConfigError, match="the negative prompt has .* tokens for tokenizer, over its limit of 32"):
+    with pytest.raises(ConfigError, match=r"the negative prompt has \d+ tokens for tokenizer \(limit 32\): the pipeline would cut it"):
         generate(tiny_wan, PROMPTS[:1], tmp_path, negative_prompt="red " * 40, **dict(SHAPE, guidance=3.0))
 
 
@@ -142,3 +142,23 @@ def test_offload_without_a_gpu_is_a_clear_error(tiny_wan, tmp_path):
     from training.runtime import RuntimeConfigError
     with pytest.raises(RuntimeConfigError, match="CPU offload .* needs a CUDA device .* drop the offload option"):
         generate(tiny_wan, PROMPTS[:1], tmp_path, offload=True, device="cpu", **SHAPE)
+
+
+def test_long_prompts_follow_one_policy(tiny_wan, tmp_path):
+    """A prompt over the encoder limit is refused, kept and recorded, or left out: never cut silently."""
+    import json
+
+    from training.config import ConfigError
+    prompts = ["a red circle", "red " * 40, "a blue square"]  # prompt 2: ~41 tokens > 32
+    with pytest.raises(ConfigError, match=r"prompt 2 \('red red .*'\.\.\.\) has \d+ tokens for tokenizer "
+                                          r"\(limit 32\): the pipeline would cut it silently"):
+        generate(tiny_wan, prompts, tmp_path / "error", **SHAPE)
+    assert not (tmp_path / "error").exists()
+    kept = generate(tiny_wan, prompts, tmp_path / "truncate", long_prompts_policy="truncate", **SHAPE)
+    assert [r.prompt_truncated for r in kept] == [False, True, False]
+    lines = [json.loads(x) for x in (tmp_path / "truncate/samples.jsonl").read_text().splitlines()]
+    assert [x["prompt_truncated"] for x in lines] == [False, True, False]
+    skipped = generate(tiny_wan, prompts, tmp_path / "skip", long_prompts_policy="skip", **SHAPE)
+    # The others keep their index and seed: sample 2 is the same with or without the long prompt.
+    assert [r.index for r in skipped] == [0, 2]
+    assert [r.output_sha256 for r in skipped] == [kept[0].output_sha256, kept[2].output_sha256]

@@ -126,5 +126,5 @@ def test_train_preflight_refuses_the_output_dir_before_any_model_loads(tmp_path,
     # model.path does not exist: had the model been loaded first, this would be a model-folder error.
     cfg = load_config(TINY, [f"model.path={tmp_path / 'no-model'}", f"data.shards={video_shards}",
                              f"output_dir={blocker}"])
-    with pytest.raises(OutputDirError, match="which is a file, not a folder"):
+    with pytest.raises(OutputDirError, match=r"output_dir=.* is a file, not a folder"):
         preflight(cfg, 0, 1)
