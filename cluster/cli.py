@@ -40,10 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from cluster.train import print_summary, run
         print_summary(run(cfg))
         return 0
-    result = Trainer(cfg).run()
-    first, last = (result.losses[min(result.losses)], result.losses[max(result.losses)]) if result.losses else (float("nan"),) * 2
-    print(f"run dir: {result.run_dir}\nsteps: {result.steps}  loss {first:.4f} -> {last:.4f}  "
-          f"({result.seconds:.1f}s)\nfinal checkpoint: {result.final_checkpoint}\n{result.skipped}")
+    from training.summary import run_summary
+    print(run_summary(Trainer(cfg).run().run_dir))
     return 0
 
 

@@ -146,11 +146,21 @@ def prepare_config(cfg: RunConfig) -> RunConfig:
         field = "path" if key == "model" else "config"
         if data[key].get(field) and Path(data[key][field]).exists():
             data[key][field] = str(Path(data[key][field]).resolve())
+    data["data"]["shards"] = _absolute_shards(data["data"]["shards"])
     # Restarts after a worker failure must continue from the latest checkpoint, not start over;
     # a fresh run has none, so "auto" starts it from scratch.
     if data["train"]["resume"] is None:
         data["train"]["resume"] = "auto"
     return RunConfig.model_validate(data)
+
+
+def _absolute_shards(spec: Any) -> Any:
+    """Local shard paths and brace patterns made absolute (the README's `data.shards: data/video`
+    is relative to where the driver runs); URLs and ``pipe:`` specs are left as they are."""
+    from training.data.shards import is_remote
+    if isinstance(spec, list):
+        return [_absolute_shards(s) for s in spec]
+    return spec if is_remote(spec) or Path(spec).is_absolute() else str(Path.cwd() / spec)
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -188,6 +198,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             raise result.error
         body = json.loads((run_dir / RESULT_FILE).read_text())
         body["wall_seconds"] = round(time.perf_counter() - start, 3)
+        body["run_dir"] = str(run_dir)
         return body
     finally:
         if info.started_here:
@@ -212,13 +223,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def print_summary(body: dict[str, Any]) -> None:
-    losses = body.get("losses", {})
-    trend = ""
-    if losses:
-        steps = sorted(losses, key=int)
-        trend = f"  loss {losses[steps[0]]:.4f} -> {losses[steps[-1]]:.4f}"
-    print(f"steps: {body['steps']}{trend}  ({body['engine']}; {body['seconds']:.1f}s in the workers)\n"
-          f"final checkpoint: {body['final_checkpoint']}\n{body['skipped']}")
+    from training.summary import run_summary
+    print(f"{run_summary(Path(body['run_dir']))}\nwall time:        {body['wall_seconds']:.1f}s (Ray start, "
+          "workers and the run)")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_readme_train_example_runs_as_written(tmp_path):
     cmd = next(c for c in readme_commands() if c.startswith("lorabench train configs/train/tiny-wan.yaml optim"))
     cwd = _sandbox(tmp_path)
     p = _lorabench(cmd, cwd)
-    assert "steps: 20" in p.stdout
+    assert "steps:            20" in p.stdout
     assert (cwd / "runs/tiny-wan/checkpoints/step-0000020/manifest.json").is_file()
 
 
@@ -117,6 +117,14 @@ def test_readme_ray_deepspeed_example_runs_as_written(tmp_path):
     # As written, plus a short run: the example is about the options-then-overrides command line.
     cmd = next(c for c in readme_commands() if "--workers 2 deepspeed.config=" in c)
     cwd = _sandbox(tmp_path)
-    p = _lorabench(cmd + " train.max_steps=2 checkpoint.every_steps=2 log.progress=false", cwd)
-    assert "steps: 2" in p.stdout and "deepspeed" in p.stdout.lower()
-    assert (cwd / "runs/tiny-wan/checkpoints/step-0000002/manifest.json").is_file()
+    p = _lorabench(cmd + " train.max_steps=4 checkpoint.every_steps=2", cwd)
+    assert "steps:            4" in p.stdout and "deepspeed" in p.stdout.lower()
+    assert (cwd / "runs/tiny-wan/checkpoints/step-0000004/manifest.json").is_file()
+    # The console through Ray's relay: progress as plain lines, none of the library notices.
+    console = p.stdout + p.stderr
+    assert "\r" not in console and "train: 4/4 (100%)" in console
+    for noise in ("requires torchvision", "Setting accelerator to CPU", "Loading pipeline components",
+                  "built successfully", "all_gather_into_tensor"):
+        assert noise not in console, noise
+    for line in ("run dir:", "final checkpoint:", "metrics:", "result:", "wall time:"):
+        assert line in p.stdout, line

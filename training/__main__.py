@@ -41,8 +41,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                               "`python -m training` (which is one rank under torchrun)")
         result = Trainer(cfg).run()
         if rank == 0:
-            print(f"run dir: {result.run_dir}  steps: {result.steps}  final checkpoint: "
-                  f"{result.final_checkpoint}  ({result.seconds:.1f}s)\n{result.skipped}")
+            from .summary import run_summary
+            print(run_summary(result.run_dir))
         return 0
 
     return run_entry(f"rank {rank}", body, debug=debug)

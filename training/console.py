@@ -16,8 +16,8 @@ Two things made the demo's console mostly noise:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import io
 import logging
 import os
 import sys
@@ -64,15 +64,23 @@ def _cuda_visible() -> bool:
 
 @contextlib.contextmanager
 def muted_prints() -> Iterator[None]:
-    """Drop known library ``print`` noise written to stdout inside the block; keep the rest."""
-    buf = io.StringIO()
+    """Drop known library ``print`` noise inside the block; every other print goes through.
+
+    ``builtins.print`` itself is wrapped, not ``sys.stdout``: Ray Train replaces ``print`` in
+    its workers with one that writes past ``contextlib.redirect_stdout``.
+    """
+    original = builtins.print
+
+    def filtered(*objects: Any, **kwargs: Any) -> None:
+        text = " ".join(str(o) for o in objects)
+        if not any(n in text for n in _PRINT_NOISE):
+            original(*objects, **kwargs)
+
+    builtins.print = filtered
     try:
-        with contextlib.redirect_stdout(buf):
-            yield
+        yield
     finally:
-        kept = [line for line in buf.getvalue().splitlines() if not any(n in line for n in _PRINT_NOISE)]
-        if kept:
-            print("\n".join(kept), flush=True)
+        builtins.print = original
 
 
 # ----------------------------------------------------------------------------- progress
@@ -135,8 +143,9 @@ class LineProgress:
         if self.total is not None and rate > 0 and self.n < self.total:
             eta = f", eta {(self.total - self.n) / rate:.0f}s"
         tail = f" [{self.postfix}]" if self.postfix else ""
-        print(f"{self.desc}: {where}{pct}, {rate:.2f} {self.unit}/s, {elapsed:.0f}s{eta}{tail}",
-              file=sys.stderr, flush=True)
+        # A write, not print(): Ray Train's patched print both tees and logs, so each line twice.
+        sys.stderr.write(f"{self.desc}: {where}{pct}, {rate:.2f} {self.unit}/s, {elapsed:.0f}s{eta}{tail}\n")
+        sys.stderr.flush()
 
 
 def progress(iterable: Optional[Iterable[Any]] = None, *, total: Optional[int] = None, desc: str = "",

@@ -32,9 +32,10 @@ class MissingFileError(LorabenchError, FileNotFoundError):
 def user_error(exc: BaseException) -> "LorabenchError | None":
     """The LorabenchError behind ``exc``, also when Ray wrapped it (worker or task failures).
 
-    Ray re-raises a remote exception as a RayTaskError (``.cause`` holds the original) inside
-    Ray Train's TrainingFailedError (chained with ``__cause__``); its ``str`` carries the
-    remote traceback, so the original is what the user should see.
+    Ray re-raises a remote exception as a RayTaskError (``.cause`` holds the original); Ray
+    Train raises a WorkerGroupError whose ``worker_failures`` maps each rank to its exception
+    (or a ControllerError with ``controller_failure``). Their ``str`` carries the remote
+    tracebacks, so the original is what the user should see.
     """
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
@@ -46,6 +47,12 @@ def user_error(exc: BaseException) -> "LorabenchError | None":
         cause = getattr(e, "cause", None)
         if isinstance(cause, BaseException):  # a RayTaskError: the original first
             todo.insert(0, cause)
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):  # Ray Train: rank 0's error first
+            todo[:0] = [failures[r] for r in sorted(failures)]
+        controller = getattr(e, "controller_failure", None)
+        if isinstance(controller, BaseException):
+            todo.insert(0, controller)
         if isinstance(e, LorabenchError) and not hasattr(e, "cause"):
             return e
         todo.extend([e.__cause__, e.__context__])

@@ -48,6 +48,15 @@ class RunLayout:
         return self.root / "logs"
 
     @property
+    def metrics_log(self) -> Path:
+        return self.logs / "metrics.jsonl"
+
+    @property
+    def result(self) -> Path:
+        """result.json: written last by a finished run (steps, losses, engine, data counts)."""
+        return self.root / RESULT_FILE
+
+    @property
     def metrics(self) -> Path:
         return self.logs / "metrics.jsonl"
 
@@ -118,6 +127,8 @@ def manifest_problem(folder: Path) -> Optional[str]:
         return "has no 'files' table of sha256s"
     return None
 
+
+RESULT_FILE = "result.json"
 
 # File names inside a checkpoint folder.
 MANIFEST = "manifest.json"

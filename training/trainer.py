@@ -34,6 +34,7 @@ from .checkpoint import (CheckpointError, CheckpointSpaceError, RankState, begin
                          remove_temp_checkpoints, resolve_resume, space_errors, space_shortfall,
                          write_shared_state)
 from .config import ConfigError, RunConfig, dump_config
+from .console import muted_prints
 from .data.pipeline import ShardStream, SkipCounter, batches
 from .data.captions import CaptionLengthCheck
 from .data.index import scan_shards
@@ -41,7 +42,7 @@ from .data.prefetch import Prefetched, Prefetcher
 from .data.shards import list_shards, shard_assignment
 from .engine import Engine, make_engine, world_from_env
 from .fsio import atomic_write_text
-from .layout import CKPT_CONFIG, TRAIN_STATE, RunLayout
+from .layout import CKPT_CONFIG, RESULT_FILE, TRAIN_STATE, RunLayout  # noqa: F401 (RESULT_FILE: cluster.train)
 from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, inject_lora, lora_named_parameters, lora_parameters,
                    peft_config, write_adapter)
 from .models import ModelSpec, get_spec
@@ -62,7 +63,6 @@ _RESUME_INVARIANTS = ["seed", "model.family", "model.path", "model.mixed_precisi
                       "train.timestep_sampling", "train.logit_mean", "train.logit_std", "optim.lr",
                       "optim.betas", "optim.eps", "optim.weight_decay", "optim.warmup_steps",
                       "optim.schedule", "optim.min_lr_ratio", "data.long_captions", "data.max_text_length"]
-RESULT_FILE = "result.json"
 SHARD_INDEX = "shard_index.json"
 
 
@@ -195,7 +195,8 @@ class Trainer:
             from .memory_plan import plan_training
             self.memory_plan = plan_training(cfg, self.world_size)
             log.info("memory plan (before loading any weights):\n%s", self.memory_plan.table())
-        self.engine = make_engine(cfg, self.device, self.precision)
+        with muted_prints():  # DeepSpeed prints "... built successfully" from every rank
+            self.engine = make_engine(cfg, self.device, self.precision)
         self.device, self.precision = self.engine.device, self.engine.precision
         log.info("engine: %s", self.engine.description)
         self.dtypes = ComponentDtypes.from_model_config(cfg.model)
@@ -219,7 +220,8 @@ class Trainer:
         o = cfg.optim
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                       weight_decay=o.weight_decay)
-        self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
+        with muted_prints():  # DeepSpeed's initialize builds its comm ops here on some setups
+            self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
         kept = kept_fp32_dtypes(self.model)
         self.param_dtypes = {**dtype_census(self.model),
                              "kept_fp32_modules": sorted(set(kept.values()))}
@@ -529,4 +531,4 @@ class Trainer:
                 "memory_plan": self.memory_plan.to_dict() if self.memory_plan else None,
                 **self._consumed_skips().report(examples=True),
                 "losses": {str(k): v for k, v in result.losses.items()}}
-        atomic_write_text(self.layout.root / RESULT_FILE, json.dumps(body, indent=2))
+        atomic_write_text(self.layout.result, json.dumps(body, indent=2))

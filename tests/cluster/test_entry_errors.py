@@ -69,3 +69,14 @@ def test_a_user_error_wrapped_by_ray_is_shown_as_the_original():
             raise RuntimeError("Training failed") from wrapped
         except RuntimeError as outer:
             assert user_error(outer) is original
+
+
+def test_a_user_error_in_ray_train_workers_is_rank_0s_original():
+    from ray.train import WorkerGroupError
+
+    from training.data.pipeline import DataError
+    from training.errors import user_error
+    first, second = DataError("rank 0: shard-0.tar truncated"), DataError("rank 1: shard-1.tar truncated")
+    wrapped = WorkerGroupError("Traceback (most recent call last): ...", {1: second, 0: first})
+    assert user_error(wrapped) is first
+    assert user_error(WorkerGroupError("x", {0: ZeroDivisionError("a bug")})) is None  # a bug stays a bug

@@ -73,3 +73,12 @@ def test_library_notices_are_muted_and_other_warnings_are_not():
         assert notice in loud  # the noise exists without the filter, so this test can fail
         assert notice not in quiet
     assert "a warning about the user's input" in quiet
+
+
+def test_muted_prints_drop_only_the_known_noise(capsys):
+    from training.console import muted_prints
+    with muted_prints():
+        print("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
+        print("a line the user needs")
+    print("after built successfully")  # outside the block nothing is filtered
+    assert capsys.readouterr().out == "a line the user needs\nafter built successfully\n"

@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tqdm import tqdm
 from webdataset import tariterators
 
+from ..console import progress
 from .errors import DataError, DataSpecError, ShardError, shard_error_reason
 from .pipeline import _EndCheckingReader, _raw_samples
-from .shards import _MAX_LISTED, _is_remote
+from .shards import _MAX_LISTED, is_remote
 
 log = logging.getLogger("lorabench.data")
 
@@ -139,7 +139,7 @@ def count_samples(shard: str) -> int:
     naming the shard and the reason when it cannot be read. A readable tar without samples
     gives 0 (:func:`scan_shards` calls that ``shard_empty``).
     """
-    if _is_remote(shard):
+    if is_remote(shard):
         return sum(1 for _ in _raw_samples(shard))
     return _count_local(shard)
 
@@ -192,7 +192,7 @@ def _write_cache(cache: Path, entries: dict[str, dict[str, Any]]) -> None:
 
 def _cached_count(shard: str, entry: Optional[dict[str, Any]]) -> tuple[Optional[int], dict[str, Any]]:
     """(cached count or None, identity to store) for one shard."""
-    identity = {} if _is_remote(shard) else _local_identity(shard)
+    identity = {} if is_remote(shard) else _local_identity(shard)
     if isinstance(entry, dict) and isinstance(entry.get("samples"), int):
         if all(entry.get(k) == v for k, v in identity.items()):
             return entry["samples"], identity
@@ -295,7 +295,7 @@ def scan_shards(shards: list[str], cache: Optional[Path] = None) -> ShardScan:
             todo.append((shard, identity))
         else:
             counts[shard] = cached
-    bar = tqdm(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
+    bar = progress(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
     counted = 0
     for shard, identity in bar:
         try:
@@ -342,7 +342,7 @@ def shard_sample_counts(shards: list[str], cache: Optional[Path] = None) -> dict
             todo.append((shard, identity))
         else:
             counts[shard] = cached
-    bar = tqdm(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
+    bar = progress(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
     for shard, identity in bar:
         counts[shard] = count_samples(shard)
         entries[shard] = {**identity, "samples": counts[shard]}

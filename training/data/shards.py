@@ -22,7 +22,7 @@ _REMOTE = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
 _MAX_LISTED = 5
 
 
-def _is_remote(spec: str) -> bool:
+def is_remote(spec: str) -> bool:
     return bool(_REMOTE.match(spec))
 
 
@@ -32,7 +32,7 @@ def _expand_one(spec: str, missing: list[str]) -> list[str]:
     # Braces are expanded for every kind of spec, remote ones included, exactly as webdataset
     # does ("s3://bucket/shard-{000..009}.tar" is the common way to name remote shards).
     for item in braceexpand.braceexpand(spec):
-        if _is_remote(item):
+        if is_remote(item):
             out.append(item)  # passed through unchanged
         elif os.path.isdir(item):
             tars = sorted(p.name for p in Path(item).glob("*.tar") if p.is_file())
@@ -79,7 +79,7 @@ def list_shards(spec: Union[str, list[str]]) -> list[str]:
     seen: dict[str, str] = {}
     dups: list[str] = []
     for s in shards:
-        ident = s if _is_remote(s) else os.path.realpath(s)
+        ident = s if is_remote(s) else os.path.realpath(s)
         if ident in seen:
             dups.append(s if s == seen[ident] else f"{s} (= {seen[ident]})")
         else:

@@ -1,0 +1,35 @@
+"""The lines a user reads when a run ends: what ran, and what was written where.
+
+Shared by every way a run is started (``lorabench train``, ``python -m training``,
+``python -m cluster.train``), all of which end with a ``result.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .layout import RunLayout
+
+
+def run_summary(run_dir: Path) -> str:
+    """Summary of the finished run in ``run_dir`` (from its result.json)."""
+    layout = RunLayout(Path(run_dir))
+    body: dict[str, Any] = json.loads(layout.result.read_text())
+    losses = body.get("losses", {})
+    trend = ""
+    if losses:
+        steps = sorted(losses, key=int)
+        trend = f"  loss {losses[steps[0]]:.4f} -> {losses[steps[-1]]:.4f}"
+    final = body.get("final_checkpoint")
+    lines = [
+        f"run dir:          {layout.root}",
+        f"steps:            {body['steps']}{trend}  ({body['engine']}; {body['seconds']:.1f}s)",
+        f"final checkpoint: {final}" + ("  (PEFT adapter_model.safetensors + diffusers "
+                                        "pytorch_lora_weights.safetensors)" if final else ""),
+        f"metrics:          {layout.metrics_log}  (tensorboard --logdir {layout.logs})",
+        f"result:           {layout.result}",
+        f"data:             {body['skipped']}",
+    ]
+    return "\n".join(lines)
