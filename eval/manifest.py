@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from training import fsio
+from training.fsio import atomic_write_text
 from training.seeding import sample_seed
 
 from .prompts import Prompt
@@ -95,24 +96,23 @@ class EvalLayout:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write-then-rename, so a crash never leaves a half-written JSON a resumed eval would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    fsio.write_jsonl(path, list(rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Rows of a JSON-lines file the eval wrote whole (atomically): any damage, even to the
+    last line, happened after the fact and is an error naming ``file:line``."""
+    contents = fsio.read_jsonl(path)
+    if contents.torn is not None:
+        line = len(contents.records) + 1
+        fragment = contents.torn.decode("utf-8", errors="replace")[:60]
+        raise fsio.CorruptFileError(f"{path}:{line}: not valid JSON ({fragment!r}...); this file is written whole, "
+                                    "so it was damaged afterwards: restore it or delete the eval folder to start over")
+    return contents.records
 
 
 def stable_hash(data: Any) -> str:

@@ -155,3 +155,19 @@ def test_a_damaged_metrics_log_in_the_middle_is_named_with_its_line(tiny_wan, vi
     assert main([*common, "train.max_steps=3", "train.resume=auto"]) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "runs/tiny-wan/logs/metrics.jsonl:1: not valid JSON" in err and "Traceback" not in err
+
+
+def test_a_damaged_eval_record_file_is_named_with_its_line(tiny_wan, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    assert main(["eval", str(CONFIGS / "eval/tiny-wan.yaml"), f"model.path={tiny_wan}", f"output_dir={tmp_path}",
+                 f"prompts.file={prompts}", "variants.adapters=[]", "reference.shards=null", "metrics.clip.path=null",
+                 "metrics.fvd.i3d_path=null", "sampling.steps=1", "metrics.bootstrap=0", "--local"]) == 0
+    records = tmp_path / "tiny-wan/records.jsonl"
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join([*lines[:-1], lines[-1][:7]]) + "\n")  # a cut last record
+    capsys.readouterr()
+    assert main(["eval", "metrics", "--from", str(tmp_path / "tiny-wan")]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"{records}:{len(lines)}: not valid JSON" in err and "Traceback" not in err, err

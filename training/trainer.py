@@ -37,7 +37,7 @@ from .config import ConfigError, RunConfig, dump_config
 from .console import muted_prints
 from .data.pipeline import ShardStream, SkipCounter, batches
 from .data.captions import CaptionLengthCheck
-from .data.index import scan_shards
+from .data.index import ShardScan, scan_shards
 from .data.prefetch import Prefetched, Prefetcher
 from .data.shards import list_shards, shard_assignment
 from .engine import Engine, make_engine, world_from_env
@@ -102,11 +102,13 @@ def _default(dotted: str) -> Any:
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
-def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Optional[Path]]:
-    """Every check that needs no weights: geometry, shards for this world, resume target.
+def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[ShardScan, Optional[Path]]:
+    """Every check that needs no weights: geometry, shards for this world, resume target, and
+    the shard scan (bad shards counted, within data.max_bad_fraction).
 
     Run by each rank before loading anything, and by launchers (the Ray driver) before
-    starting workers. Returns the resolved shard list and the checkpoint to resume from.
+    starting workers, so bad data fails before Ray starts or a model loads. Returns the shard
+    scan and the checkpoint to resume from.
     """
     layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
     check_writable_dir(cfg.output_dir, "output_dir")  # before minutes of model loading, not after
@@ -128,7 +130,12 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[list[str], Op
             f"choose another run_name (nothing is overwritten)")
     if resume_from is not None:
         _check_resume_config(cfg, resume_from)
-    return shards, resume_from
+    # Per-shard sample counts (balanced epochs) and bad shards, cached in the run folder: the
+    # driver's scan makes the ranks' scans cache hits.
+    layout.root.mkdir(parents=True, exist_ok=True)
+    scan = scan_shards(shards, cache=layout.root / SHARD_INDEX)
+    scan.check(cfg.data.max_bad_fraction, world_size)
+    return scan, resume_from
 
 
 def _check_resume_config(cfg: RunConfig, ckpt: Path) -> None:
@@ -178,7 +185,8 @@ class Trainer:
     # ------------------------------------------------------------------ validation (no weights)
 
     def _validate(self) -> None:
-        self.shards, self.resume_from = preflight(self.cfg, self.rank, self.world_size)
+        self.scan, self.resume_from = preflight(self.cfg, self.rank, self.world_size)
+        self.shards = self.scan.usable  # the resume digest covers the usable list
 
     # ------------------------------------------------------------------ setup (heavy)
 
@@ -233,13 +241,11 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1 + 1_000_003 * self.rank)
         self.counter = SkipCounter()
         # Balanced epochs: every rank yields the same number of samples per epoch whatever the
-        # shard sizes (see data.pipeline), from per-shard counts cached in the run folder.
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        # Bad shards (truncated, empty, unreadable) are counted and left out, within data.max_bad_fraction.
-        scan = scan_shards(self.shards, cache=self.layout.root / SHARD_INDEX)
-        scan.check(cfg.data.max_bad_fraction, self.world_size)
+        # shard sizes (see data.pipeline), from the per-shard counts of the preflight scan; bad
+        # shards (truncated, empty, unreadable) are counted and left out.
+        scan = self.scan
         self.counter.record_shards(len(scan.shards), [(b.shard, b.reason) for b in scan.bad])
-        self.shards, counts = scan.usable, scan.counts  # the resume digest then covers the usable list
+        counts = scan.counts
         self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length
         captions = CaptionLengthCheck.for_pipeline(self.pipe, self.spec.text_limits(self.max_text),
                                                    cfg.data.long_captions)

@@ -37,12 +37,28 @@ def test_user_error_is_one_message_and_exit_2(name):
     assert PREFIX[name] in p.stderr and "a boolean is not a number here" in p.stderr
 
 
-@pytest.mark.parametrize("name", ["lorabench", "python -m training"])
-def test_debug_shows_the_traceback_and_keeps_exit_2(name):
-    p = _run(ENTRY_POINTS[name], LORABENCH_DEBUG="1")
-    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX[name] in p.stderr
-    p = _run([*ENTRY_POINTS[name][:2], "--debug", *ENTRY_POINTS[name][2:]])
-    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr, p.stderr
+def test_debug_shows_the_traceback_and_keeps_exit_2():
+    p = _run(ENTRY_POINTS["python -m training"], LORABENCH_DEBUG="1")
+    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX["python -m training"] in p.stderr
+    argv = ENTRY_POINTS["lorabench"]
+    p = _run([*argv[:3], "--debug", *argv[3:]])  # the flag is accepted anywhere on the command line
+    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX["lorabench"] in p.stderr
+
+
+def test_cluster_train_refuses_unusable_data_in_one_line_before_ray_starts(tiny_wan, tmp_path):
+    data = tmp_path / "broken"
+    data.mkdir()
+    for i in range(2):
+        (data / f"shard-{i:06d}.tar").write_bytes(b"<html>an error page saved as a shard</html>")
+    p = _run(["-m", "cluster.train", str(CONFIGS / "train/tiny-wan.yaml"), f"model.path={tiny_wan}",
+              f"data.shards={data}", f"output_dir={tmp_path / 'runs'}", "parallel.num_workers=2"],
+             OMP_NUM_THREADS="1")
+    assert p.returncode == EXIT_USER_ERROR, p.stdout[-3000:] + p.stderr[-3000:]
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("cluster.train: error: none of the 2 shard(s) in data.shards can be used "
+                                "(shard_unreadable=2)"), p.stderr
+    assert sum("leaving out shard" in line for line in lines) == 2  # each one named once, with its reason
+    assert "Traceback" not in p.stderr and "Ray cluster" not in p.stdout  # Ray never started
 
 
 def test_unexpected_exceptions_keep_their_traceback(capsys):
