@@ -104,6 +104,7 @@ def _lorabench(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     return p
 
 
+@pytest.mark.slow  # three lorabench processes (make-tiny, make-data, 20 training steps)
 def test_readme_train_example_runs_as_written(tmp_path):
     cmd = next(c for c in readme_commands() if c.startswith("lorabench train configs/train/tiny-wan.yaml optim"))
     cwd = _sandbox(tmp_path)

@@ -29,6 +29,7 @@ def _run(args, **env):
                           env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **env))
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point (multi-process): outside the quick tier
 @pytest.mark.parametrize("name", list(ENTRY_POINTS))
 def test_user_error_is_one_message_and_exit_2(name):
     p = _run(ENTRY_POINTS[name])
@@ -37,6 +38,7 @@ def test_user_error_is_one_message_and_exit_2(name):
     assert PREFIX[name] in p.stderr and "a boolean is not a number here" in p.stderr
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback_and_keeps_exit_2():
     p = _run(ENTRY_POINTS["python -m training"], LORABENCH_DEBUG="1")
     assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX["python -m training"] in p.stderr
@@ -45,6 +47,7 @@ def test_debug_shows_the_traceback_and_keeps_exit_2():
     assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX["lorabench"] in p.stderr
 
 
+@pytest.mark.slow
 def test_cluster_train_refuses_unusable_data_in_one_line_before_ray_starts(tiny_wan, tmp_path):
     data = tmp_path / "broken"
     data.mkdir()

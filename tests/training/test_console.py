@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from training.console import LineProgress, progress
 
 from ..conftest import REPO
@@ -67,6 +69,7 @@ def _output(quiet: bool) -> str:
     return p.stdout + p.stderr  # DeepSpeed's logger writes to stdout
 
 
+@pytest.mark.slow  # two fresh interpreters importing transformers and DeepSpeed
 def test_library_notices_are_muted_and_other_warnings_are_not():
     loud, quiet = _output(False), _output(True)
     for notice in ("requires torchvision (not installed)", "Setting accelerator to CPU"):

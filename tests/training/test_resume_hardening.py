@@ -309,6 +309,7 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(small_fs):
                                                                                             "result.json"]
 
 
+@pytest.mark.slow  # python -m training subprocesses
 def test_file_size_limit_during_a_save_is_a_one_line_error_and_resume_still_works(trained, tiny_wan,
                                                                                    video_shards, tmp_path):
     """Out of space half-way through a real save, without root: RLIMIT_FSIZE makes writes past
