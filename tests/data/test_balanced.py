@@ -164,16 +164,21 @@ def test_state_without_yielded(uneven_image, caplog):
 def test_plan_is_logged_once_per_epoch_by_rank_zero(uneven_image, caplog):
     shards = [str(p) for p in uneven_image]
     counts = dict(zip(shards, UNEVEN))
-    with caplog.at_level(logging.INFO, logger="lorabench.data"):
+    with caplog.at_level(logging.DEBUG, logger="lorabench.data"):
         for rank in range(2):
             stream = _stream(shards, counts, rank=rank)
             _keys_per_epoch(stream, 2)
             stream.load_state_dict(stream.state_dict())  # a new iterator in the same epoch
             _take(stream, 1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "lorabench.data"]
+    records = [r for r in caplog.records if r.name == "lorabench.data" and r.getMessage().startswith("data epoch")]
+    lines = [r.getMessage() for r in records]
     assert [line.split(":")[0] for line in lines] == ["data epoch 0", "data epoch 1", "data epoch 2"]
     plan = epoch_plan(shards, counts, 0, 0, 2, 2)
     assert lines[0] == "data " + plan.summary() and str(list(plan.dropped)) in lines[0]
+    # INFO for the first epoch and whenever the split changes; an unchanged split is DEBUG.
+    shapes = [line.split(":", 1)[1] for line in lines]
+    expected = [logging.INFO] + [logging.INFO if shapes[i] != shapes[i - 1] else logging.DEBUG for i in (1, 2)]
+    assert [r.levelno for r in records] == expected
 
 
 def test_share_without_good_samples_fails(small_image):

@@ -81,7 +81,7 @@ def test_truncate_trains_and_counts(long_caption_shard):
     c = stream.counter
     assert c.kept == {"caption_truncated": 1} and c.skips == {} and c.seen == 4  # once, not three times
     assert c.kept_examples == {"caption_truncated": [f"{long_caption_shard}:long"]}
-    assert c.summary() == "skipped 0 of 4 samples (0.0%); used 1 with changes: caption_truncated=1"
+    assert c.summary() == "skipped 0 of 4 distinct samples read (0.0%); used 1 with changes: caption_truncated=1"
     assert c.report()["kept_by_reason"] == {"caption_truncated": 1}
 
 

@@ -52,7 +52,7 @@ def test_skip_counter_check_thresholds():
         c.add_ok()
     c.add_skip("too_small", "s.tar:k1")
     c.add_skip("empty_caption", "s.tar:k2")
-    assert c.summary() == "skipped 2 of 20 samples (10.0%): too_small=1, empty_caption=1"
+    assert c.summary() == "skipped 2 of 20 distinct samples read (10.0%): too_small=1, empty_caption=1"
     c.check(0.1)  # at the threshold: fine
     c.check(0.5)
     with pytest.raises(DataError) as exc:

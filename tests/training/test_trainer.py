@@ -258,7 +258,7 @@ def test_grad_accumulation_consumes_accum_batches_per_step(tiny_wan, video_shard
                       "train.grad_accum=2", "checkpoint.every_steps=3", "log.tensorboard=false",
                       "data.shuffle_buffer=0")
     result = Trainer(cfg).run()
-    assert "skipped 0 of 12 samples" in result.skipped
+    assert "skipped 0 of 12 distinct samples read" in result.skipped
     state = json.loads((result.final_checkpoint / "train_state/rank-00000.json").read_text())
     assert state["data"] == {"epoch": 0, "position": 12, "yielded": 12}
     rec = json.loads((result.run_dir / "logs/metrics.jsonl").read_text().splitlines()[-1])

@@ -171,12 +171,12 @@ class SkipCounter:
         return self.skipped / self.seen if self.seen else 0.0
 
     def summary(self) -> str:
-        """One line, e.g. ``skipped 3 of 40 samples (7.5%): too_small=1, empty_caption=2``.
+        """One line, e.g. ``skipped 3 of 40 distinct samples read (7.5%): too_small=1, empty_caption=2``.
 
         Truncated captions and left-out shards follow when there are any, e.g.
         ``...; used 2 with changes: caption_truncated=2; left out 1 of 9 shards (11.1%): shard_truncated=1``.
         """
-        line = f"skipped {self.skipped} of {self.seen} samples ({100 * self.fraction():.1f}%)"
+        line = f"skipped {self.skipped} of {self.seen} distinct samples read ({100 * self.fraction():.1f}%)"
         if self.skips:
             line += ": " + _counts_text(self.skips)
         if self.kept:
@@ -450,6 +450,7 @@ class ShardStream:
         self.resampled = 0
         self.last_plan: Optional[EpochPlan] = None
         self._logged_epoch: Optional[int] = None
+        self._logged_shape: Optional[str] = None  # the last epoch split logged at INFO
         if self.sample_counts is not None:
             self._plan(0)  # fail now (missing counts, share below one batch), not at first batch
 
@@ -579,8 +580,10 @@ class ShardStream:
         while True:
             plan = self._plan(self._epoch)
             if self.rank == 0 and self._logged_epoch != plan.epoch:  # every rank has the same plan
-                log.info("data %s", plan.summary())
-                self._logged_epoch = plan.epoch
+                # Once, and again only when the split changes: a line per epoch is noise on long runs.
+                shape = plan.summary().split(":", 1)[-1]
+                log.log(logging.INFO if shape != self._logged_shape else logging.DEBUG, "data %s", plan.summary())
+                self._logged_epoch, self._logged_shape = plan.epoch, shape
             if self._yielded < plan.samples_per_rank:  # else: restored right after the epoch's last sample
                 yield from self._balanced_epoch(plan)
             self._epoch, self._position, self._yielded = plan.epoch + 1, 0, 0
