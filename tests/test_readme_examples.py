@@ -83,14 +83,17 @@ def test_every_readme_command_parses_and_its_config_validates(cmd):
         load_config(argv[0], argv[1:] + (["parallel.backend=ray"] if module == "cluster.train" else []))
 
 
-def _sandbox(tmp_path: Path) -> Path:
-    """A folder laid out as the README assumes: configs/, tiny-models/wan, data/video."""
+def _sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder laid out as the README assumes (configs/, tiny-models/wan, data/video), made by
+    the commands the tiny config's header gives, run in-process by ``lorabench``'s own main."""
+    from cluster.cli import main
     (tmp_path / "configs").symlink_to(CONFIGS)
     header = (CONFIGS / "train/tiny-wan.yaml").read_text()
     setup = [line.lstrip("# ").strip() for line in header.splitlines() if line.lstrip("# ").startswith("lorabench make-")]
     assert len(setup) == 2, header[:400]  # make-tiny and make-data, as the config header says
+    monkeypatch.chdir(tmp_path)
     for cmd in setup:
-        _lorabench(cmd, tmp_path)
+        assert main(shlex.split(cmd)[1:]) == 0, cmd
     return tmp_path
 
 
@@ -104,20 +107,22 @@ def _lorabench(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     return p
 
 
-@pytest.mark.slow  # three lorabench processes (make-tiny, make-data, 20 training steps)
-def test_readme_train_example_runs_as_written(tmp_path):
+def test_readme_train_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    from cluster.cli import main
     cmd = next(c for c in readme_commands() if c.startswith("lorabench train configs/train/tiny-wan.yaml optim"))
-    cwd = _sandbox(tmp_path)
-    p = _lorabench(cmd, cwd)
-    assert "steps:            20" in p.stdout
+    cwd = _sandbox(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(shlex.split(cmd)[1:]) == 0
+    assert "steps:            20" in capsys.readouterr().out
     assert (cwd / "runs/tiny-wan/checkpoints/step-0000020/manifest.json").is_file()
 
 
 @pytest.mark.slow
-def test_readme_ray_deepspeed_example_runs_as_written(tmp_path):
+def test_readme_ray_deepspeed_example_runs_as_written(tmp_path, monkeypatch):
     # As written, plus a short run: the example is about the options-then-overrides command line.
+    # A real subprocess: the console it prints (Ray's relay included) is part of what is checked.
     cmd = next(c for c in readme_commands() if "--workers 2 deepspeed.config=" in c)
-    cwd = _sandbox(tmp_path)
+    cwd = _sandbox(tmp_path, monkeypatch)
     p = _lorabench(cmd + " train.max_steps=4 checkpoint.every_steps=2", cwd)
     assert "steps:            4" in p.stdout and "deepspeed" in p.stdout.lower()
     assert (cwd / "runs/tiny-wan/checkpoints/step-0000004/manifest.json").is_file()

@@ -1,11 +1,14 @@
 """One error handler for every entry point: a user error is one message and exit code 2.
 
-Run as real subprocesses, exactly as a user or a launcher starts them.
+Each entry point's ``main`` runs in-process with its real argument list (the console script
+and ``python -m`` call exactly these); one check runs ``python -m cluster.train`` as a real
+subprocess, as a launcher starts it.
 """
 
 import os
 import subprocess
 import sys
+from typing import Callable
 
 import pytest
 
@@ -14,14 +17,20 @@ from training.errors import EXIT_USER_ERROR, LorabenchError, run_entry
 from ..conftest import CONFIGS, REPO
 
 BAD = [f"{CONFIGS / 'train/tiny-wan.yaml'}", "lora.rank=true"]
-ENTRY_POINTS = {
-    "lorabench": ["-m", "cluster.cli", "train", *BAD],
-    "python -m training": ["-m", "training", *BAD],
-    "python -m cluster.train": ["-m", "cluster.train", *BAD],
-    "python -m cluster.eval": ["-m", "cluster.eval", str(CONFIGS / "eval/tiny-wan.yaml"), "sampling.steps=true"],
-}
-PREFIX = {"lorabench": "lorabench: error:", "python -m training": "rank 0: error:",
-          "python -m cluster.train": "cluster.train: error:", "python -m cluster.eval": "cluster.eval: error:"}
+
+
+def _mains() -> dict[str, tuple[Callable[[list[str]], int], list[str], str]]:
+    import cluster.cli
+    import cluster.eval
+    import cluster.train
+    import training.__main__
+    return {
+        "lorabench": (cluster.cli.main, ["train", *BAD], "lorabench: error:"),
+        "python -m training": (training.__main__.main, BAD, "rank 0: error:"),
+        "python -m cluster.train": (cluster.train.main, BAD, "cluster.train: error:"),
+        "python -m cluster.eval": (cluster.eval.main, [str(CONFIGS / "eval/tiny-wan.yaml"), "sampling.steps=true"],
+                                   "cluster.eval: error:"),
+    }
 
 
 def _run(args, **env):
@@ -29,22 +38,28 @@ def _run(args, **env):
                           env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **env))
 
 
-@pytest.mark.slow  # a fresh interpreter per entry point (multi-process): outside the quick tier
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
-def test_user_error_is_one_message_and_exit_2(name):
-    p = _run(ENTRY_POINTS[name])
-    assert p.returncode == EXIT_USER_ERROR, p.stderr
-    assert "Traceback" not in p.stderr
-    assert PREFIX[name] in p.stderr and "a boolean is not a number here" in p.stderr
+@pytest.mark.parametrize("name", ["lorabench", "python -m training", "python -m cluster.train",
+                                  "python -m cluster.eval"])
+def test_user_error_is_one_message_and_exit_2(name, capsys, monkeypatch):
+    monkeypatch.delenv("LORABENCH_DEBUG", raising=False)
+    main, argv, prefix = _mains()[name]
+    assert main(list(argv)) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith(prefix) and "a boolean is not a number here" in err, err
 
 
-@pytest.mark.slow
-def test_debug_shows_the_traceback_and_keeps_exit_2():
-    p = _run(ENTRY_POINTS["python -m training"], LORABENCH_DEBUG="1")
-    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX["python -m training"] in p.stderr
-    argv = ENTRY_POINTS["lorabench"]
-    p = _run([*argv[:3], "--debug", *argv[3:]])  # the flag is accepted anywhere on the command line
-    assert p.returncode == EXIT_USER_ERROR and "Traceback" in p.stderr and PREFIX["lorabench"] in p.stderr
+@pytest.mark.parametrize("name", ["lorabench", "python -m training"])
+def test_debug_shows_the_traceback_and_keeps_exit_2(name, capsys, monkeypatch):
+    main, argv, prefix = _mains()[name]
+    monkeypatch.setenv("LORABENCH_DEBUG", "1")
+    assert main(list(argv)) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and prefix in err
+    monkeypatch.delenv("LORABENCH_DEBUG")
+    assert main([*argv[:1], "--debug", *argv[1:]]) == EXIT_USER_ERROR  # accepted anywhere on the line
+    err = capsys.readouterr().err
+    assert "Traceback" in err and prefix in err
 
 
 @pytest.mark.slow

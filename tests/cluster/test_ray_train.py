@@ -80,7 +80,9 @@ def test_impossible_request_fails_at_once(local_ray, tiny_wan, video_shards, tmp
     with pytest.raises(ResourceError, match=message):
         run(_cfg(tiny_wan, video_shards, tmp_path, *overrides))
     assert time.perf_counter() - start < 30
-    assert not (tmp_path / "tiny-wan").exists()  # nothing was started
+    # Nothing was started: the run folder holds only the preflight's shard index (data checked first).
+    run_dir = tmp_path / "tiny-wan"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["shard_index.json"]
 
 
 def test_ray_job_submit_runs_cluster_train(tiny_wan, video_shards, tmp_path):
