@@ -169,7 +169,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from training.trainer import RESULT_FILE
+    from training.layout import RunLayout
 
     if cfg.parallel.backend != "ray":
         raise ConfigError("cluster.train runs parallel.backend=ray configs (set parallel.backend=ray)")
@@ -196,7 +196,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-        body = json.loads((run_dir / RESULT_FILE).read_text())
+        body = json.loads(RunLayout(run_dir).result.read_text())
         body["wall_seconds"] = round(time.perf_counter() - start, 3)
         body["run_dir"] = str(run_dir)
         return body

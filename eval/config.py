@@ -14,11 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from training.config import ConfigError, Section, describe_fields, load_typed
 
 
-# The same strict section rules as the training config (no typos, no NaN, no bools as numbers).
-_Section = Section
-
-
-class EvalModelConfig(_Section):
+class EvalModelConfig(Section):
     path: str = Field(..., description="Local diffusers folder of the base model (model_index.json).")
     revision: Optional[str] = Field(None, description="Base model revision, recorded in results.json.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Denoiser (and text encoder) dtype for "
@@ -29,7 +25,7 @@ class EvalModelConfig(_Section):
         None, description="Text encoder dtype; null: model.dtype.")
 
 
-class AdapterEntry(_Section):
+class AdapterEntry(Section):
     path: str = Field(..., description="LoRA .safetensors, a checkpoint folder, or a training run folder.")
     name: Optional[str] = Field(None, description="Variant name; null derives it from the path.")
     checkpoints: Literal["all", "latest"] = Field(
@@ -40,7 +36,7 @@ class AdapterEntry(_Section):
                                      "with its tensors (rank, alpha, targets); scaled by alpha / the tensors' rank.")
 
 
-class VariantsConfig(_Section):
+class VariantsConfig(Section):
     base: bool = Field(True, description="Also generate from the base model (the comparison baseline).")
     adapters: list[AdapterEntry] = Field(default_factory=list, description="Adapters to evaluate.")
     scales: list[float] = Field([1.0], min_length=1, description="LoRA scales; each adapter is run at each.")
@@ -63,7 +59,7 @@ class VariantsConfig(_Section):
         return v
 
 
-class PromptsConfig(_Section):
+class PromptsConfig(Section):
     file: str = Field(..., description="Prompts: .txt (one per line) or .jsonl ({'prompt', 'id'?, 'reference'?}; "
                       "'reference' is a paired real video/image, relative to the file, for PSNR/SSIM).")
     samples_per_prompt: int = Field(1, ge=1, le=10000, description="Repeats per prompt (different seeds).")
@@ -74,7 +70,7 @@ class PromptsConfig(_Section):
         "listed in eval.json. The same policy as training's data.long_captions.")
 
 
-class ReferenceConfig(_Section):
+class ReferenceConfig(Section):
     shards: Optional[Union[str, list[str]]] = Field(
         None, description="Webdataset shards of real media for FVD/FID statistics (held-out data!).")
     max_samples: Optional[int] = Field(None, ge=2, description="Use at most N reference samples.")
@@ -82,7 +78,7 @@ class ReferenceConfig(_Section):
                                     "unreadable than this fraction (they are counted either way).")
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(Section):
     # null = the model card's value for the model in model.path (training.models: sampling_defaults),
     # resolved before generation and recorded in eval.json.
     width: Optional[int] = Field(None, ge=8, le=8192, description="Output width in pixels; null: the model card's.")
@@ -103,7 +99,7 @@ class SamplingConfig(_Section):
                           "at a time (needs CUDA).")
 
 
-class EvalParallelConfig(_Section):
+class EvalParallelConfig(Section):
     backend: Literal["ray", "none"] = Field("ray", description="'ray': a pool of actors; 'none': this process.")
     num_workers: int = Field(1, ge=1, le=4096, description="Actors, each holding one pipeline.")
     use_gpu: bool = Field(False, description="One GPU per actor.")
@@ -111,20 +107,20 @@ class EvalParallelConfig(_Section):
     ray_address: Optional[str] = Field(None, description="Join this Ray cluster; null: RAY_ADDRESS or a local one.")
 
 
-class ClipMetricConfig(_Section):
+class ClipMetricConfig(Section):
     path: Optional[str] = Field(None, description="Local CLIP folder (e.g. openai/clip-vit-large-patch14); "
                                 "null skips CLIP score and temporal consistency.")
     frames: int = Field(8, ge=1, description="Evenly spaced frames per video for CLIP score.")
     truncate: bool = Field(False, description="Truncate prompts over CLIP's 77 tokens (counted) instead of failing.")
 
 
-class FvdMetricConfig(_Section):
+class FvdMetricConfig(Section):
     i3d_path: Optional[str] = Field(None, description="i3d_pretrained_400.pt state dict or TorchScript detector; "
                                     "null skips FVD.")
     frames: int = Field(16, ge=9, description="First N frames of each clip fed to I3D (the network needs >= 9).")
 
 
-class FidMetricConfig(_Section):
+class FidMetricConfig(Section):
     extractor: Optional[str] = Field(None, description="TorchScript Inception (e.g. inception-2015-12-05.pt); "
                                      "null skips FID/KID.")
     antialias: bool = Field(True, description="Antialiased bilinear resize to 299 (torchmetrics' default).")
@@ -132,7 +128,7 @@ class FidMetricConfig(_Section):
     kid_subsets: int = Field(100, ge=1, description="KID subsets.")
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     enabled: bool = Field(True, description="Compute metrics after generation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where feature extractors run.")
     batch_size: int = Field(8, ge=1, description="Samples per feature-extractor batch.")
@@ -143,7 +139,7 @@ class MetricsConfig(_Section):
     sharpness: bool = Field(True, description="Variance of the Laplacian per sample.")
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     name: str = Field(..., min_length=1, description="Eval name: outputs go to <output_dir>/<name>/.")
     output_dir: str = Field("evals", description="Parent folder of eval folders.")
     seed: int = Field(0, ge=0, description="Base seed; sample seed = f(seed, prompt id, repeat).")

@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Protocol
 
-
-from training.checkpoint import sha256_file
 from pydantic import ValidationError
 
+from training.checkpoint import sha256_file
 from training.config import ConfigError, format_errors
 from training.console import progress as progress_bar
 from training.generate import SamplingSettings
 from training.models import spec_for_folder
-from training.outputs import check_writable_dir
 from training.models.base import CARD_FIELDS
+from training.outputs import check_writable_dir
 from training.precision import ComponentDtypes
 
 from .config import EvalConfig

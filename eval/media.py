@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
+
 from training.errors import LorabenchError
 
 

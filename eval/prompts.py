@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from training.config import ConfigError
-from training.data.captions import long_caption_action
+from training.data.captions import long_caption_verdict
 from training.generate import token_lengths
 
 log = logging.getLogger("lorabench.eval")
@@ -83,11 +83,11 @@ def check_lengths(prompts: list[Prompt], counts: dict[str, list[int]], limits: d
     """
     kept, skipped, truncated = [], [], []
     for i, prompt in enumerate(prompts):
-        action = long_caption_action({sub: counts[sub][i] for sub in limits}, limits, policy)
+        action, over_detail = long_caption_verdict({sub: counts[sub][i] for sub in limits}, limits, policy)
         if action == "keep":
             kept.append(prompt)
             continue
-        over = [f"{sub}: {counts[sub][i]} tokens > {lim}" for sub, lim in limits.items() if counts[sub][i] > lim]
+        over = [f"{sub}: {n} tokens > {lim}" for sub, (n, lim) in over_detail.items()]
         reason = "too_long (" + "; ".join(over) + ")"
         if action == "truncate":
             log.warning("prompt %s is cut by the text encoder (prompts.too_long=truncate): %s", prompt.id, reason)

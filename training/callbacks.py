@@ -10,7 +10,6 @@ import logging
 import math
 from typing import Any, Optional
 
-
 from .console import progress
 from .fsio import append_jsonl, read_jsonl, write_jsonl
 

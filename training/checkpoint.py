@@ -31,9 +31,9 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .fsio import fsync_dir
+from .errors import LorabenchError, exception_chain
+from .fsio import existing_ancestor, fsync_dir
 from .layout import CKPT_CONFIG, MANIFEST, RunLayout, manifest_problem
-from training.errors import LorabenchError
 
 STATE_FILE = "state.json"
 MANIFEST_VERSION = 1
@@ -270,9 +270,7 @@ def _human(n: float) -> str:
 
 def _mount_point(path: Path) -> Path:
     """The mount point of the filesystem holding ``path`` (the top folder on the same device)."""
-    path = path.resolve()
-    while not path.exists() and path.parent != path:
-        path = path.parent
+    path = existing_ancestor(path.resolve())
     dev = path.stat().st_dev
     while path.parent != path and path.parent.stat().st_dev == dev:
         path = path.parent
@@ -281,19 +279,12 @@ def _mount_point(path: Path) -> Path:
 
 def _space_errno(exc: BaseException) -> Optional[int]:
     """The errno if ``exc`` (or what it was raised from) is a lack of space or a file-size limit."""
-    seen: set[int] = set()
-    todo: list[Optional[BaseException]] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(exc):
         if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
             return e.errno
         m = _OS_ERROR.search(str(e))
         if m and int(m.group(1)) in _SPACE_ERRNOS:
             return int(m.group(1))
-        todo.extend([e.__cause__, e.__context__])
     return None
 
 
@@ -302,13 +293,7 @@ def _space_report(layout: RunLayout) -> tuple[Optional[Path], int, Path, int]:
     last = layout.latest_checkpoint()
     size = checkpoint_bytes(last) if last is not None else 0
     where = layout.checkpoints if layout.checkpoints.exists() else layout.root
-    return last, size, _mount_point(where), shutil.disk_usage(_existing(where)).free
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
+    return last, size, _mount_point(where), shutil.disk_usage(existing_ancestor(where)).free
 
 
 def space_shortfall(layout: RunLayout, step: int) -> Optional[str]:

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
 from training.errors import LorabenchError
 
 
@@ -65,10 +66,8 @@ class Section(BaseModel):
         return value
 
 
-_Section = Section
 
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     family: str = Field("wan", description="Model family in the registry (wan, sd3).")
     path: str = Field(..., description="Local diffusers folder with model_index.json.")
     revision: Optional[str] = Field(None, description="Base model revision, recorded in manifests.")
@@ -103,7 +102,7 @@ class ModelConfig(_Section):
         return v
 
 
-class LoraConfig(_Section):
+class LoraConfig(Section):
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -115,7 +114,7 @@ class LoraConfig(_Section):
     )
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     shards: Union[str, list[str]] = Field(
         ..., description="Webdataset shards: a directory, a brace pattern or a list of paths/URLs."
     )
@@ -144,15 +143,13 @@ class DataConfig(_Section):
     @field_validator("shards")
     @classmethod
     def _shards_named(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
-        items = [v] if isinstance(v, str) else list(v)
-        if not items:
-            raise ValueError("no shards given: name a directory, a brace pattern or a list of tar paths/URLs")
+        items = [v] if isinstance(v, str) else list(v)  # [] is refused by Section's empty-list rule
         if any(not item.strip() for item in items):
             raise ValueError("an empty shard path: name a directory, a brace pattern or a list of tar paths/URLs")
         return v
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
@@ -172,7 +169,7 @@ class OptimConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
     batch_size: int = Field(1, ge=1, description="Samples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -188,19 +185,19 @@ class TrainConfig(_Section):
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; null keeps default.")
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     every_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
     keep_last: Optional[int] = Field(3, ge=1, description="Keep the newest N checkpoints; null keeps all.")
     save_final: bool = Field(True, description="Always checkpoint the last step.")
 
 
-class LogConfig(_Section):
+class LogConfig(Section):
     every_steps: int = Field(1, ge=1, description="Write metrics every N optimizer steps.")
     tensorboard: bool = Field(True, description="Write TensorBoard events under logs/.")
     progress: bool = Field(True, description="Show a progress bar.")
 
 
-class ParallelConfig(_Section):
+class ParallelConfig(Section):
     backend: Literal["none", "ray"] = Field(
         "none", description="'none': this process (or torchrun/accelerate launch ranks); 'ray': a Ray Train job."
     )
@@ -216,7 +213,7 @@ class ParallelConfig(_Section):
     )
 
 
-class DeepSpeedConfig(_Section):
+class DeepSpeedConfig(Section):
     config: Optional[str] = Field(
         None, description="DeepSpeed JSON (e.g. configs/deepspeed/zero2.json); null with zero_stage null: no DeepSpeed."
     )
@@ -229,7 +226,7 @@ class DeepSpeedConfig(_Section):
         return self.config is not None or self.zero_stage is not None
 
 
-class DebugConfig(_Section):
+class DebugConfig(Section):
     crash_at_step: Optional[int] = Field(
         None, ge=1, description="Fault injection: SIGKILL one worker once, right after this optimizer step."
     )
@@ -239,7 +236,7 @@ class DebugConfig(_Section):
     )
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     run_name: str = Field(..., min_length=1, description="Name of the run directory.")
     output_dir: str = Field("runs", description="Parent directory of run directories.")
     seed: int = Field(0, ge=0, description="Seed for data order, noise and LoRA init.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 
 EXIT_USER_ERROR = 2
@@ -29,16 +29,16 @@ class MissingFileError(LorabenchError, FileNotFoundError):
     """A file or folder the user named does not exist (the message says which key named it)."""
 
 
-def user_error(exc: BaseException) -> "LorabenchError | None":
-    """The LorabenchError behind ``exc``, also when Ray wrapped it (worker or task failures).
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception behind it, each once: what it wraps first, then its
+    ``__cause__`` and ``__context__``.
 
     Ray re-raises a remote exception as a RayTaskError (``.cause`` holds the original); Ray
     Train raises a WorkerGroupError whose ``worker_failures`` maps each rank to its exception
-    (or a ControllerError with ``controller_failure``). Their ``str`` carries the remote
-    tracebacks, so the original is what the user should see.
+    (rank 0's first here), or a ControllerError with ``controller_failure``.
     """
     seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
+    todo: list[Optional[BaseException]] = [exc]
     while todo:
         e = todo.pop(0)
         if e is None or id(e) in seen:
@@ -48,14 +48,24 @@ def user_error(exc: BaseException) -> "LorabenchError | None":
         if isinstance(cause, BaseException):  # a RayTaskError: the original first
             todo.insert(0, cause)
         failures = getattr(e, "worker_failures", None)
-        if isinstance(failures, dict):  # Ray Train: rank 0's error first
+        if isinstance(failures, dict):
             todo[:0] = [failures[r] for r in sorted(failures)]
         controller = getattr(e, "controller_failure", None)
         if isinstance(controller, BaseException):
             todo.insert(0, controller)
+        yield e
+        todo.extend([e.__cause__, e.__context__])
+
+
+def user_error(exc: BaseException) -> "LorabenchError | None":
+    """The LorabenchError behind ``exc``, also when Ray wrapped it (worker or task failures).
+
+    A Ray wrapper's ``str`` carries the remote tracebacks, so the original is what the user
+    should see (a RayTaskError may itself be an instance of the original's class: skipped).
+    """
+    for e in exception_chain(exc):
         if isinstance(e, LorabenchError) and not hasattr(e, "cause"):
             return e
-        todo.extend([e.__cause__, e.__context__])
     return None
 
 

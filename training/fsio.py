@@ -60,6 +60,14 @@ def atomic_write_text(path: PathLike, text: str, *, fsync: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
+def existing_ancestor(path: PathLike) -> Path:
+    """``path`` itself if it exists, else its deepest existing parent (``/`` at worst)."""
+    path = Path(path)
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def fsync_dir(folder: PathLike) -> None:
     """Make a rename or a new entry in ``folder`` durable (a no-op where directories can't be opened)."""
     try:

@@ -21,7 +21,7 @@ from .adapters import AdapterReport, load_adapter, verify_effect
 from .adapters.report import value_counts
 from .media_io import to_uint8, write_mp4, write_png
 from .config import ConfigError
-from .data.captions import describe_over, long_caption_action, over_limit
+from .data.captions import describe_over, long_caption_verdict
 from .errors import MissingFileError
 from .console import progress as progress_bar
 from .models import ModelSpec, spec_for_folder
@@ -246,10 +246,10 @@ def check_prompt_lengths(spec: ModelSpec, model_dir: str | Path, prompts: list[s
     for i, text in enumerate(texts):
         per_tokenizer = {sub: counts[sub][i] for sub in limits}
         negative = i == len(prompts)
-        action = long_caption_action(per_tokenizer, limits, "error" if negative else policy)
+        action, over_detail = long_caption_verdict(per_tokenizer, limits, "error" if negative else policy)
         if action == "keep":
             continue
-        over = describe_over(over_limit(per_tokenizer, limits))
+        over = describe_over(over_detail)
         if action == "error":
             what = "the negative prompt" if negative else f"prompt {i + 1} ({text[:40]!r}...)"
             fix = "" if negative else ", or pass --long-prompts truncate|skip"

@@ -22,7 +22,8 @@ from typing import Any, Iterable
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from safetensors.torch import save_file
-from training.errors import LorabenchError
+
+from .errors import LorabenchError
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Union
 
 from training.errors import LorabenchError
+from training.fsio import existing_ancestor
 
 
 class OutputDirError(LorabenchError, OSError):
@@ -24,11 +25,7 @@ class OutputDirError(LorabenchError, OSError):
 def check_writable_dir(path: Union[str, Path], key: str) -> Path:
     """Raise :class:`OutputDirError` naming ``key`` unless ``path`` can be created and written."""
     target = Path(path).expanduser().absolute()
-    existing = target
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
+    existing = existing_ancestor(target)
     if not existing.is_dir():
         where = "is" if existing == target else f"is under {existing}, which is"
         raise OutputDirError(f"{key}={str(path)!r} {where} a file, not a folder: choose another {key}")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, ContextManager
 
 import torch
-from training.errors import LorabenchError
+
+from .errors import LorabenchError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -42,7 +42,7 @@ from .data.prefetch import Prefetched, Prefetcher
 from .data.shards import list_shards, shard_assignment
 from .engine import Engine, make_engine, world_from_env
 from .fsio import atomic_write_text
-from .layout import CKPT_CONFIG, RESULT_FILE, TRAIN_STATE, RunLayout  # noqa: F401 (RESULT_FILE: cluster.train)
+from .layout import CKPT_CONFIG, TRAIN_STATE, RunLayout
 from .lora import (PEFT_PREFIX, PEFT_WEIGHTS, inject_lora, lora_named_parameters, lora_parameters,
                    peft_config, write_adapter)
 from .models import ModelSpec, get_spec
@@ -203,7 +203,8 @@ class Trainer:
             from .memory_plan import plan_training
             self.memory_plan = plan_training(cfg, self.world_size)
             log.info("memory plan (before loading any weights):\n%s", self.memory_plan.table())
-        with muted_prints():  # DeepSpeed prints "... built successfully" from every rank
+        # DeepSpeed prints "... built successfully" from every rank while accelerate sets up its comm.
+        with muted_prints():
             self.engine = make_engine(cfg, self.device, self.precision)
         self.device, self.precision = self.engine.device, self.engine.precision
         log.info("engine: %s", self.engine.description)
@@ -228,8 +229,7 @@ class Trainer:
         o = cfg.optim
         optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                       weight_decay=o.weight_decay)
-        with muted_prints():  # DeepSpeed's initialize builds its comm ops here on some setups
-            self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
+        self.forward_model = self.engine.prepare(self.model, self.params, optimizer)
         kept = kept_fp32_dtypes(self.model)
         self.param_dtypes = {**dtype_census(self.model),
                              "kept_fp32_modules": sorted(set(kept.values()))}

@@ -31,9 +31,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from training.errors import MissingFileError
+
 from .base import MetricResult
 from .bootstrap import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
-from training.errors import MissingFileError
 
 DEFAULT_FRAMES = 8
 REFERENCE = "torchmetrics CLIPScore"

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from training.errors import MissingFileError
 
 NUM_CLASSES = 400

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from ..checkpoint import config_hash
+from ..errors import LorabenchError
 from .names import block_count
-from training.errors import LorabenchError
 
 if TYPE_CHECKING:
     from .formats import Adapter, ModuleLora

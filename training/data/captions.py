@@ -46,15 +46,23 @@ def over_limit(token_counts: Mapping[str, int], limits: Mapping[str, int]) -> di
             if token_counts[name] > limit}
 
 
+def long_caption_verdict(token_counts: Mapping[str, int], limits: Mapping[str, int], policy: str
+                         ) -> tuple[str, dict[str, tuple[int, int]]]:
+    """``(action, over)``: the action of :func:`long_caption_action` and :func:`over_limit`'s
+    detail, computed once (callers name the offending tokenizers in their messages)."""
+    if policy not in LONG_CAPTION_POLICIES:
+        raise ValueError(f"long caption policy must be one of {', '.join(LONG_CAPTION_POLICIES)}, got {policy!r}")
+    over = over_limit(token_counts, limits)
+    return (policy if over else "keep"), over
+
+
 def long_caption_action(token_counts: Mapping[str, int], limits: Mapping[str, int], policy: str) -> str:
     """``"keep"`` when every count is within its limit, else the policy: ``"truncate"``, ``"skip"`` or ``"error"``.
 
     Pure: ``token_counts`` and ``limits`` map tokenizer names (e.g. ``tokenizer``,
     ``tokenizer_3``) to token counts and to the most tokens that encoder reads.
     """
-    if policy not in LONG_CAPTION_POLICIES:
-        raise ValueError(f"long caption policy must be one of {', '.join(LONG_CAPTION_POLICIES)}, got {policy!r}")
-    return policy if over_limit(token_counts, limits) else "keep"
+    return long_caption_verdict(token_counts, limits, policy)[0]
 
 
 def describe_over(over: Mapping[str, tuple[int, int]]) -> str:
@@ -111,6 +119,5 @@ class CaptionLengthCheck:
         return self._count(caption)
 
     def __call__(self, caption: str) -> tuple[str, dict[str, tuple[int, int]]]:
-        """``(action, over)``: :func:`long_caption_action`'s verdict and :func:`over_limit`'s detail."""
-        over = over_limit(self.token_counts(caption), self.limits)
-        return (self.policy if over else "keep"), over
+        """``(action, over)``: :func:`long_caption_verdict` of the caption's token counts."""
+        return long_caption_verdict(self.token_counts(caption), self.limits, self.policy)

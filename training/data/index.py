@@ -281,32 +281,8 @@ def scan_shards(shards: list[str], cache: Optional[Path] = None) -> ShardScan:
     (the stream never meets the cut). Call :meth:`ShardScan.check` to apply
     ``data.max_bad_fraction``.
     """
-    entries = _read_cache(Path(cache)) if cache is not None else {}
-    counts: dict[str, int] = {}
     bad: dict[str, BadShard] = {}
-    todo: list[tuple[str, dict[str, Any]]] = []
-    for shard in shards:
-        try:
-            cached, identity = _cached_count(shard, entries.get(shard))
-        except ShardError as exn:
-            bad[shard] = BadShard(shard, exn.reason, str(exn))
-            continue
-        if cached is None:
-            todo.append((shard, identity))
-        else:
-            counts[shard] = cached
-    bar = progress(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
-    counted = 0
-    for shard, identity in bar:
-        try:
-            counts[shard] = count_samples(shard)
-        except ShardError as exn:
-            bad[shard] = BadShard(shard, exn.reason, str(exn))
-            continue
-        entries[shard] = {**identity, "samples": counts[shard]}
-        counted += 1
-    if cache is not None and counted:
-        _write_cache(Path(cache), entries)
+    counts = _count_shards(shards, cache, bad)
     for shard in shards:
         if counts.get(shard) == 0:
             del counts[shard]
@@ -333,19 +309,42 @@ def shard_sample_counts(shards: list[str], cache: Optional[Path] = None) -> dict
     Strict: raises the :class:`~training.data.errors.ShardError` of the first shard that cannot
     be read. :func:`scan_shards` sets bad shards aside instead, and also calls empty ones bad.
     """
+    counts = _count_shards(shards, cache, bad=None)
+    return {shard: counts[shard] for shard in shards}
+
+
+def _count_shards(shards: list[str], cache: Optional[Path],
+                  bad: Optional[dict[str, BadShard]]) -> dict[str, int]:
+    """Counts of the readable shards, from ``cache`` where still valid; the cache file is
+    rewritten (atomically) when anything was counted. A shard that cannot be read raises its
+    :class:`ShardError` when ``bad`` is None (strict), else is recorded in ``bad``."""
     entries = _read_cache(Path(cache)) if cache is not None else {}
     counts: dict[str, int] = {}
     todo: list[tuple[str, dict[str, Any]]] = []
     for shard in shards:
-        cached, identity = _cached_count(shard, entries.get(shard))
+        try:
+            cached, identity = _cached_count(shard, entries.get(shard))
+        except ShardError as exn:
+            if bad is None:
+                raise
+            bad[shard] = BadShard(shard, exn.reason, str(exn))
+            continue
         if cached is None:
             todo.append((shard, identity))
         else:
             counts[shard] = cached
     bar = progress(todo, desc="counting samples", unit="shard", disable=len(todo) <= _PROGRESS_MIN_SHARDS)
+    counted = 0
     for shard, identity in bar:
-        counts[shard] = count_samples(shard)
+        try:
+            counts[shard] = count_samples(shard)
+        except ShardError as exn:
+            if bad is None:
+                raise
+            bad[shard] = BadShard(shard, exn.reason, str(exn))
+            continue
         entries[shard] = {**identity, "samples": counts[shard]}
-    if cache is not None and todo:
+        counted += 1
+    if cache is not None and counted:
         _write_cache(Path(cache), entries)
-    return {shard: counts[shard] for shard in shards}
+    return counts

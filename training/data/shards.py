@@ -13,8 +13,8 @@ from typing import Union
 
 import braceexpand
 
+from ..errors import MissingFileError
 from .errors import DataSpecError
-from training.errors import MissingFileError
 
 # Anything with a URL scheme (s3://, gs://, http://, file://, ...) or a pipe: command is
 # opened by webdataset's gopen; it cannot be checked for existence here.

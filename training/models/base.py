@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import LorabenchError
 from ..precision import ComponentDtypes, component_role
-from training.errors import LorabenchError
+
 
 class ModelFolderError(LorabenchError, ValueError):
     """The model folder is missing, incomplete or of another family."""
