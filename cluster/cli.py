@@ -260,10 +260,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     runner, verbose = parse_command(argv)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        from training.console import quiet_third_party
-        quiet_third_party()
-    return run_entry("lorabench", runner, debug=debug)
+
+    def body() -> int:
+        from training.console import progress_seconds, quiet_third_party
+        if verbose:  # -v keeps the library output; the environment is still checked
+            progress_seconds()
+        else:
+            quiet_third_party()
+        return runner()
+
+    return run_entry("lorabench", body, debug=debug)
 
 
 if __name__ == "__main__":

@@ -124,10 +124,10 @@ def main(argv: Optional[list[str]] = None) -> int:
               "  e.g. parallel.num_workers=4 parallel.use_gpu=true prompts.samples_per_prompt=4")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_third_party()
 
     def body() -> int:
         from eval.results import summary_text
+        quiet_third_party()
         print(summary_text(run(load_eval_config(argv[0], argv[1:]))))
         return 0
 

@@ -213,9 +213,9 @@ def main(argv: Optional[list[str]] = None) -> int:
               "deepspeed.config=configs/deepspeed/zero2.json)")
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_third_party()
 
     def body() -> int:
+        quiet_third_party()
         print_summary(run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]])))
         return 0
 

@@ -31,10 +31,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     from .console import quiet_third_party
-    quiet_third_party()
-    from .trainer import Trainer
 
     def body() -> int:
+        quiet_third_party()  # before the trainer (and DeepSpeed) is imported: it sets DS_ACCELERATOR
+        from .trainer import Trainer
         cfg = load_config(argv[0], argv[1:])
         if cfg.parallel.backend != "none":
             raise ConfigError("parallel.backend=ray is started by `python -m cluster.train`, not by "

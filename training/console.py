@@ -25,7 +25,10 @@ import time
 import warnings
 from typing import Any, Iterable, Iterator, Optional
 
+from .errors import LorabenchError
+
 PROGRESS_SECONDS_ENV = "LORABENCH_PROGRESS_SECONDS"
+DEFAULT_PROGRESS_SECONDS = 15.0
 _NOISE = (
     "requires torchvision (not installed)",  # transformers' image-processor fallback notice
 )
@@ -38,8 +41,28 @@ class _DropNoise(logging.Filter):
         return not any(n in msg for n in _NOISE)
 
 
+def progress_seconds() -> float:
+    """Seconds between progress lines off a terminal: ``LORABENCH_PROGRESS_SECONDS`` or 15."""
+    raw = os.environ.get(PROGRESS_SECONDS_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_PROGRESS_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):  # NaN fails the comparison
+        raise LorabenchError(f"{PROGRESS_SECONDS_ENV}={raw!r} is not a number of seconds >= 0; unset it "
+                             f"(default {DEFAULT_PROGRESS_SECONDS:g}) or set e.g. {PROGRESS_SECONDS_ENV}=30")
+    return value
+
+
 def quiet_third_party() -> None:
-    """Mute the known library noise in this process (idempotent; cheap after the first call)."""
+    """Mute the known library noise in this process (idempotent; cheap after the first call).
+
+    Also checks ``LORABENCH_PROGRESS_SECONDS`` here, at start, so a bad value is an error
+    before anything loads rather than at the first progress line.
+    """
+    progress_seconds()
     if not _cuda_visible():
         # Read when DeepSpeed is imported: without it, every process warns that it fell back to CPU.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -103,7 +126,7 @@ class LineProgress:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.desc, self.unit, self.n, self.start_n = total, desc, unit, initial, initial
-        self.interval = float(os.environ.get(PROGRESS_SECONDS_ENV, "15")) if interval is None else interval
+        self.interval = progress_seconds() if interval is None else interval
         self.postfix = ""
         self.started = self.last = time.perf_counter()
         self.closed = False

@@ -85,3 +85,16 @@ def test_muted_prints_drop_only_the_known_noise(capsys):
         print("a line the user needs")
     print("after built successfully")  # outside the block nothing is filtered
     assert capsys.readouterr().out == "a line the user needs\nafter built successfully\n"
+
+
+def test_a_bad_progress_interval_is_named_before_anything_loads(monkeypatch, capsys):
+    from cluster.cli import EXIT_USER_ERROR, main
+    from training.console import progress_seconds
+    monkeypatch.setenv("LORABENCH_PROGRESS_SECONDS", "30")
+    assert progress_seconds() == 30.0
+    for bad in ("soon", "-1", "nan", "inf"):
+        monkeypatch.setenv("LORABENCH_PROGRESS_SECONDS", bad)
+        # Any command checks it at start: here the config error it would hit later never comes.
+        assert main(["train", "no-such-config.yaml"]) == EXIT_USER_ERROR
+        err = capsys.readouterr().err
+        assert f"LORABENCH_PROGRESS_SECONDS={bad!r} is not a number of seconds >= 0" in err, err
