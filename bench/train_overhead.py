@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
 
     from training.config import load_config
+    from training.data.index import shard_sample_counts
     from training.data.pipeline import ShardStream, batches as make_batches
     from training.data.shards import list_shards
     from training.data.synthetic import make_data
@@ -107,9 +108,11 @@ def main(argv: list[str] | None = None) -> None:
             (work / "runs" / cfg.run_name / "logs/metrics.jsonl").read_text().splitlines()]
     a = len(recs[args.warmup:]) / sum(r["step_seconds"] for r in recs[args.warmup:])
 
-    # The same batches, decoded once up front by the same stream.
-    stream = iter(ShardStream(list_shards(str(data_dir)), modality="video", frames=9, height=32, width=32,
-                              seed=0, shuffle_buffer=cfg.data.shuffle_buffer))
+    # The same batches, decoded once up front by the same stream (balanced epochs, as in the trainer).
+    shards = list_shards(str(data_dir))
+    stream = iter(ShardStream(shards, modality="video", frames=9, height=32, width=32, seed=0,
+                              shuffle_buffer=cfg.data.shuffle_buffer, sample_counts=shard_sample_counts(shards),
+                              batch_size=cfg.train.batch_size))
     held = [b for b, _ in zip(make_batches(stream, cfg.train.batch_size), range(16))]
     targets, rank, lr = cfg.lora.target_modules, cfg.lora.rank, cfg.optim.lr
     b = _hand_loop(model_dir, held, args.steps, args.warmup, cached=False, rank=rank, targets=targets, lr=lr)

@@ -1,7 +1,7 @@
 """A corrupt-input corpus at the command line: every case is one message naming the problem
 and exit code 2, and nothing is written outside the sandbox folder it runs in.
 
-Broken media and shards are in tests/data/test_corrupt_corpus.py and test_bad_shards.py,
+Broken media and shards are in tests/training/data/test_corrupt_corpus.py and test_bad_shards.py,
 broken adapters in tests/training/adapters/ (coverage, consistency, integrity); this module
 covers configs, command lines, prompt files and run folders, through ``lorabench`` itself.
 """

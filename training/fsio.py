@@ -6,6 +6,8 @@ byte. Two rules keep every file a resumed run reads usable:
 * A file that is rewritten whole is written to a temporary sibling, flushed, and renamed
   over the target (:func:`atomic_write_text`, :func:`atomic_write_bytes`): readers see the
   old or the new content, never half of it.
+* Content hashes (:func:`sha256_file`, :func:`sha256_json`) are computed here, once, for
+  every manifest, cache key and provenance record.
 * An append-only ``.jsonl`` log can only lose its *last* line to a crash (a torn, partial
   line). :func:`read_jsonl` tolerates exactly that and reports it; a damaged line anywhere
   else is corruption and an error naming ``file:line``. :func:`append_jsonl` cuts a torn
@@ -14,6 +16,7 @@ byte. Two rules keep every file a resumed run reads usable:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -58,6 +61,34 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, fsync: bool = True) -> No
 def atomic_write_text(path: PathLike, text: str, *, fsync: bool = True) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: Optional[int] = 2, sort_keys: bool = False,
+                      fsync: bool = True) -> None:
+    """Replace ``path`` with ``obj`` as JSON atomically (non-finite floats refused, not written as NaN)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n",
+                      fsync=fsync)
+
+
+# ------------------------------------------------------------------ content hashes
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (checkpoints and weights can be GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    """Hex sha256 of ``data`` as canonical JSON (sorted keys): stable across key order and whitespace."""
+    return sha256_bytes(json.dumps(data, sort_keys=True, default=str).encode())
 
 
 def existing_ancestor(path: PathLike) -> Path:

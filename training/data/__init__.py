@@ -8,7 +8,11 @@ Modules (import the one you need; importing this package pulls in nothing heavy)
   ``scan_shards``/``ShardScan`` (the same, setting bad shards aside by reason).
 - ``decode``: ``BadSample``, ``decode_video``, ``decode_image``, ``caption_of``, ``media_of``.
 - ``captions``: ``data.long_captions`` (``long_caption_action``, ``CaptionLengthCheck``).
-- ``errors``: ``DataError``, ``ShardError``, ``DataSpecError``, ``BAD_SHARD_REASONS``.
-- ``pipeline``: ``ShardStream``, ``SkipCounter``, ``DataError``, ``collate``, ``batches``.
+- ``errors``: ``DataError``, ``ShardError``, ``DataSpecError``, ``BAD_SHARD_REASONS``, ``listed``.
+- ``reader``: ``raw_samples`` (one shard's undecoded samples, every way it breaks named).
+- ``skips``: ``SkipCounter`` (samples seen and skipped per reason, each once per run).
+- ``pipeline``: ``ShardStream`` (balanced, resumable epochs), ``collate``, ``batches``; re-exports
+  ``SkipCounter``, ``DataError`` and ``ShardError``.
+- ``prefetch``: ``Prefetcher`` (decodes the next batches on a thread).
 - ``synthetic``: ``make_data``, ``make_bad_shard`` and the ``lorabench make-data`` CLI.
 """

@@ -257,6 +257,12 @@ def _resampled(
         k += 1
 
 
+def check_fps(fps: Optional[float]) -> None:
+    """Raise ``ValueError`` unless ``fps`` is None (native rate) or a positive, finite frame rate."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number or None, got {fps!r}")
+
+
 def decode_video(
     data: bytes, frames: int, height: int, width: int, fps: Optional[float] = None
 ) -> torch.Tensor:
@@ -284,8 +290,7 @@ def decode_video(
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number or None, got {fps!r}")
+    check_fps(fps)
     out: list[torch.Tensor] = []
     try:
         with av.open(io.BytesIO(data), mode="r", format=_sniff_video_format(data)) as container:

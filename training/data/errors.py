@@ -6,7 +6,12 @@ message and exits with code 2, without a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from training.errors import LorabenchError
+
+#: How many shards, keys or paths a message names before it says how many more there are.
+MAX_LISTED = 5
 
 #: Why a whole shard is left out of a run (see ``index.scan_shards``), one name per cause.
 BAD_SHARD_REASONS: tuple[str, ...] = (
@@ -36,6 +41,21 @@ class ShardError(DataError):
 
     def __reduce__(self):  # keep shard and reason when pickled (Ray hands errors between processes)
         return type(self), (str(self), self.shard, self.reason)
+
+
+def listed(items: Sequence[str], *, count_rest: bool = False) -> str:
+    """The first :data:`MAX_LISTED` items, comma-separated, for a message; more are shown as
+    `` ...`` or, with ``count_rest``, as `` and N more``."""
+    shown = ", ".join(items[:MAX_LISTED])
+    rest = len(items) - MAX_LISTED
+    if rest <= 0:
+        return shown
+    return shown + (f" and {rest} more" if count_rest else " ...")
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """Counts per reason for a message, e.g. ``too_small=1, empty_caption=2``."""
+    return ", ".join(f"{r}={n}" for r, n in counts.items())
 
 
 def shard_error_reason(exn: BaseException) -> str:

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,10 @@ from typing import Any, Optional
 from webdataset import tariterators
 
 from ..console import progress
-from .errors import DataError, DataSpecError, ShardError, shard_error_reason
-from .pipeline import _EndCheckingReader, _raw_samples
-from .shards import _MAX_LISTED, is_remote
+from ..fsio import atomic_write_json
+from .errors import DataError, DataSpecError, ShardError, counts_text, listed, shard_error_reason
+from .reader import COMPRESSED_MAGIC, raw_samples
+from .shards import is_remote
 
 log = logging.getLogger("lorabench.data")
 
@@ -97,7 +97,7 @@ def _check_end_marker(shard: str, offset: int) -> None:
     rejects such shards when it reaches them; counting rejects them up front.
     """
     with open(shard, "rb") as f:
-        if f.read(8).startswith(_EndCheckingReader._COMPRESSED):
+        if f.read(8).startswith(COMPRESSED_MAGIC):
             return  # gzip/bzip2/xz: their codecs report truncation while the members are listed
         f.seek(offset)
         block = f.read(tarfile.BLOCKSIZE)
@@ -140,7 +140,7 @@ def count_samples(shard: str) -> int:
     gives 0 (:func:`scan_shards` calls that ``shard_empty``).
     """
     if is_remote(shard):
-        return sum(1 for _ in _raw_samples(shard))
+        return sum(1 for _ in raw_samples(shard))
     return _count_local(shard)
 
 
@@ -176,15 +176,7 @@ def _read_cache(cache: Path) -> dict[str, dict[str, Any]]:
 def _write_cache(cache: Path, entries: dict[str, dict[str, Any]]) -> None:
     """Replace ``cache`` atomically: readers (other ranks) see the old or the new file, never half."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": CACHE_VERSION, "shards": entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, cache)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_json(cache, {"version": CACHE_VERSION, "shards": entries}, indent=1, sort_keys=True)
     except OSError as exn:
         # The counts are correct either way; failing the run over a cache would be worse.
         log.warning("could not write sample count cache %s: %s", cache, exn)
@@ -231,12 +223,11 @@ class ShardScan:
         return out
 
     def _listed(self) -> str:
-        shown = ", ".join(f"{b.shard} ({b.reason})" for b in self.bad[:_MAX_LISTED])
-        return shown + (f" and {len(self.bad) - _MAX_LISTED} more" if len(self.bad) > _MAX_LISTED else "")
+        return listed([f"{b.shard} ({b.reason})" for b in self.bad], count_rest=True)
 
     def summary(self) -> str:
         """One line, e.g. ``left out 1 of 9 shards (11.1%): shard_truncated=1: a.tar (shard_truncated)``."""
-        reasons = ", ".join(f"{r}={n}" for r, n in self.by_reason().items())
+        reasons = counts_text(self.by_reason())
         line = f"left out {len(self.bad)} of {len(self.shards)} shards ({100 * self.fraction():.1f}%)"
         return line + (f": {reasons}: {self._listed()}" if self.bad else "")
 
@@ -247,7 +238,7 @@ class ShardScan:
         same ``data.max_bad_fraction`` that bounds bad samples), or fewer usable shards than
         data workers.
         """
-        reasons = ", ".join(f"{r}={n}" for r, n in self.by_reason().items())
+        reasons = counts_text(self.by_reason())
         if not self.counts:
             raise DataError(
                 f"none of the {len(self.shards)} shard(s) in data.shards can be used ({reasons}): "
@@ -325,9 +316,7 @@ def _count_shards(shards: list[str], cache: Optional[Path],
         try:
             cached, identity = _cached_count(shard, entries.get(shard))
         except ShardError as exn:
-            if bad is None:
-                raise
-            bad[shard] = BadShard(shard, exn.reason, str(exn))
+            _set_aside(bad, shard, exn)
             continue
         if cached is None:
             todo.append((shard, identity))
@@ -339,12 +328,17 @@ def _count_shards(shards: list[str], cache: Optional[Path],
         try:
             counts[shard] = count_samples(shard)
         except ShardError as exn:
-            if bad is None:
-                raise
-            bad[shard] = BadShard(shard, exn.reason, str(exn))
+            _set_aside(bad, shard, exn)
             continue
         entries[shard] = {**identity, "samples": counts[shard]}
         counted += 1
     if cache is not None and counted:
         _write_cache(Path(cache), entries)
     return counts
+
+
+def _set_aside(bad: Optional[dict[str, BadShard]], shard: str, exn: ShardError) -> None:
+    """Record ``shard`` as bad in ``bad``, or raise ``exn`` when there is none (strict counting)."""
+    if bad is None:
+        raise exn
+    bad[shard] = BadShard(shard, exn.reason, str(exn))

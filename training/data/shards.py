@@ -14,12 +14,11 @@ from typing import Union
 import braceexpand
 
 from ..errors import MissingFileError
-from .errors import DataSpecError
+from .errors import DataSpecError, listed
 
 # Anything with a URL scheme (s3://, gs://, http://, file://, ...) or a pipe: command is
 # opened by webdataset's gopen; it cannot be checked for existence here.
 _REMOTE = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
-_MAX_LISTED = 5
 
 
 def is_remote(spec: str) -> bool:
@@ -68,10 +67,8 @@ def list_shards(spec: Union[str, list[str]]) -> list[str]:
     for item in items:
         shards.extend(_expand_one(item.strip(), missing))
     if missing:
-        shown = ", ".join(missing[:_MAX_LISTED])
-        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
         raise MissingFileError(
-            f"{len(missing)} shard path(s) do not exist: {shown}{more} "
+            f"{len(missing)} shard path(s) do not exist: {listed(missing, count_rest=True)} "
             f"(check data.shards; brace patterns like shard-{{000000..000009}}.tar must match the files)"
         )
     # Compare local paths by their real location so "./a.tar" and "a.tar" count as one shard:
@@ -86,8 +83,7 @@ def list_shards(spec: Union[str, list[str]]) -> list[str]:
             seen[ident] = s
     if dups:
         raise DataSpecError(
-            f"data.shards lists {len(dups)} shard(s) more than once: {', '.join(dups[:_MAX_LISTED])}"
-            f"{' ...' if len(dups) > _MAX_LISTED else ''}; remove the duplicates"
+            f"data.shards lists {len(dups)} shard(s) more than once: {listed(dups)}; remove the duplicates"
         )
     return shards
 
@@ -173,8 +169,7 @@ def _shard_counts(shards: tuple[str, ...], counts: Mapping[str, int]) -> int:
     missing = [s for s in shards if s not in counts]
     if missing:
         raise DataSpecError(
-            f"no sample count for shard(s) {', '.join(missing[:_MAX_LISTED])}"
-            f"{' ...' if len(missing) > _MAX_LISTED else ''}: the counts must cover every shard "
+            f"no sample count for shard(s) {listed(missing)}: the counts must cover every shard "
             f"(count them with training.data.index.shard_sample_counts on the same shard list)"
         )
     return sum(counts[s] for s in shards)
@@ -205,10 +200,9 @@ def epoch_plan(
 
 def _empty_epoch(epoch: int, rank: int, shards: tuple[str, ...], samples: int, batch_size: int,
                  world_size: int) -> DataSpecError:
-    listed = ", ".join(shards[:_MAX_LISTED]) + (" ..." if len(shards) > _MAX_LISTED else "")
     return DataSpecError(
         f"epoch {epoch} cannot give every data worker a full batch: rank {rank} of {world_size} "
-        f"gets shard(s) {listed} with only {samples} sample(s), fewer than batch_size={batch_size}, "
+        f"gets shard(s) {listed(shards)} with only {samples} sample(s), fewer than batch_size={batch_size}, "
         f"and all ranks must yield the same number of whole batches. Write more or larger "
         f"shards, use fewer data workers, or a smaller batch size."
     )

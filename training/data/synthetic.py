@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import random
 import sys
 import tarfile
@@ -21,7 +20,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..fsio import atomic_write_bytes
 from ..media_io import encode_mp4, encode_png
+from .errors import listed
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -94,15 +95,16 @@ def render_image(rng: random.Random, width: int, height: int) -> tuple[str, np.n
 
 def _write_tar(path: Path, members: Sequence[tuple[str, bytes]]) -> None:
     """Write a tar with fixed metadata (mtime, owner, mode) so equal content gives equal bytes."""
-    tmp = path.with_name(path.name + ".tmp")  # atomic: a crash never leaves a half shard
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, path)
+    # Atomic: a crash never leaves a half shard. No fsync: synthetic shards are re-made in seconds.
+    atomic_write_bytes(path, buf.getvalue(), fsync=False)
 
 
 def _validate(kind: str, size: tuple[int, int], frames: int, fps: int) -> tuple[int, int]:
@@ -163,7 +165,7 @@ def make_data(
     stale = sorted(p.name for p in out.glob("*.tar") if p not in paths)
     if stale:
         raise FileExistsError(
-            f"{out} already holds other .tar files ({', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}); "
+            f"{out} already holds other .tar files ({listed(stale)}); "
             f"they would be read as shards too. Remove them or choose an empty --out directory."
         )
     for s, path in enumerate(paths):
@@ -220,9 +222,7 @@ def make_bad_shard(
         ext, data = media(5, n=max(1, frames // 2))
         members += [(f"too_few_frames.{ext}", data), ("too_few_frames.txt", b"a short clip")]
         expected["too_few_frames"] = 1
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_tar(out_path, members)
+    _write_tar(Path(out_path), members)
     return expected
 
 

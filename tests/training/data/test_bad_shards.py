@@ -17,10 +17,11 @@ from training.data.pipeline import ShardStream
 from training.data.shards import list_shards
 from training.errors import LorabenchError
 
+from ...conftest import CONFIGS
 from .conftest import SIZE, UNEVEN
 
 W, H = SIZE
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "train", "tiny-wan.yaml")
+CONFIG = CONFIGS / "train" / "tiny-wan.yaml"
 
 
 def make_bad_shards(good_tar, folder) -> dict[str, str]:
@@ -127,7 +128,10 @@ def test_shard_errors_in_the_stream_carry_the_reason(uneven_image, tmp_path):
             continue  # a valid tar without samples: nothing fails while reading; the scan calls it out
         if path.endswith("corrupt-header.tar"):
             continue  # tarfile's stream mode ends quietly at a bad header; the scan's header walk sees it
-        stream = ShardStream([path], modality="image", frames=1, height=H, width=W, seed=0, shuffle_buffer=0)
+        # Counted as one sample more than the good shard holds (the scan ran before the shard
+        # broke): the stream reads it to the break, and fails there.
+        stream = ShardStream([path], modality="image", frames=1, height=H, width=W, seed=0, shuffle_buffer=0,
+                             sample_counts={path: UNEVEN[0] + 1})
         with pytest.raises(ShardError) as exc:
             list(zip(range(50), iter(stream)))
         assert exc.value.reason == reason and exc.value.shard == path and path in str(exc.value)

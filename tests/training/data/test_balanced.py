@@ -12,7 +12,7 @@ from training.data.index import shard_sample_counts
 from training.data.pipeline import DataError, ShardStream, batches
 from training.data.shards import epoch_plan
 
-from .conftest import FRAMES, SIZE, UNEVEN
+from .conftest import FRAMES, SIZE, UNEVEN, take
 
 W, H = SIZE
 
@@ -21,10 +21,6 @@ def _stream(shards, counts, rank=0, world_size=2, batch_size=2, modality="image"
     return ShardStream([str(s) for s in shards], modality=modality, frames=FRAMES, height=H, width=W,
                        seed=0, shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size,
                        sample_counts=counts, batch_size=batch_size)
-
-
-def _take(stream, n):
-    return list(itertools.islice(iter(stream), n))
 
 
 def _keys_per_epoch(stream, epochs: int) -> list[list[str]]:
@@ -90,7 +86,7 @@ def test_short_share_is_read_again(bad_and_seven, bad_image):
 
     # In tar order (no shuffle) the bad shard's 2 good samples come first, then 4 bad ones.
     short, full = _stream(shards, counts, rank=0, shuffle_buffer=0), _stream(shards, counts, rank=1)
-    keys = [s["key"] for s in _take(short, 6)]
+    keys = [s["key"] for s in take(short, 6)]
     assert keys == ["good_000", "good_001"] * 3
     assert short.resampled == 4
     # Two full passes and a third begun, yet each bad sample is counted once (problem: twice),
@@ -99,13 +95,13 @@ def test_short_share_is_read_again(bad_and_seven, bad_image):
     assert short.counter.seen == 6 and short.counter.fraction() == 4 / 6
     assert {r: len(k) for r, k in short.counter.examples.items()} == {r: 1 for r in bad_image[1]}
     assert short.state_dict() == {"epoch": 0, "position": 6 + 6 + 2, "yielded": 6}
-    shuffled = [s["key"] for s in _take(_stream(shards, counts, rank=0), 6)]
+    shuffled = [s["key"] for s in take(_stream(shards, counts, rank=0), 6)]
     assert shuffled[:2] == shuffled[2:4] == shuffled[4:]  # every pass in the same order
 
-    keys = [s["key"] for s in _take(full, 6)]
+    keys = [s["key"] for s in take(full, 6)]
     assert len(set(keys)) == 6 and full.resampled == 0
     assert full.state_dict() == {"epoch": 0, "position": 6, "yielded": 6}  # 1 sample dropped
-    assert _take(full, 1) and full.state_dict()["epoch"] == 1
+    assert take(full, 1) and full.state_dict()["epoch"] == 1
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -124,12 +120,12 @@ def test_resume_is_exact_from_every_cut(bad_and_seven, rank):
 
     for k in range(n):
         first = _stream(shards, counts, rank=rank)
-        head = [s["key"] for s in _take(first, k)]
+        head = [s["key"] for s in take(first, k)]
         state = json.loads(json.dumps(first.state_dict()))
         assert set(state) == {"epoch", "position", "yielded"}
         resumed = _stream(shards, counts, rank=rank)
         resumed.load_state_dict(state)
-        assert head + [s["key"] for s in _take(resumed, n - k)] == reference, f"cut after {k}"
+        assert head + [s["key"] for s in take(resumed, n - k)] == reference, f"cut after {k}"
         # Samples before the cut were dropped undecoded: the fresh counter never saw them.
         fresh_seen = resumed.counter.seen
         assert fresh_seen <= uninterrupted.counter.seen
@@ -138,7 +134,7 @@ def test_resume_is_exact_from_every_cut(bad_and_seven, rank):
         again = _stream(shards, counts, rank=rank)
         again.load_state_dict(state)
         again.counter.load_state_dict(json.loads(json.dumps(first.counter.state_dict())))
-        _take(again, n - k)
+        take(again, n - k)
         assert again.counter.state_dict() == uninterrupted.counter.state_dict(), f"cut after {k}"
 
 
@@ -149,13 +145,13 @@ def test_state_without_yielded(uneven_image, caplog):
     new, old = _stream(shards, counts), _stream(shards, counts)
     new.load_state_dict({"epoch": 1, "position": 0, "yielded": 0})
     old.load_state_dict({"epoch": 1, "position": 0})
-    assert [s["key"] for s in _take(new, 5)] == [s["key"] for s in _take(old, 5)]
+    assert [s["key"] for s in take(new, 5)] == [s["key"] for s in take(old, 5)]
 
     mid = _stream(shards, counts)
     with caplog.at_level(logging.WARNING, logger="lorabench.data"):
         mid.load_state_dict({"epoch": 1, "position": 2})
     assert "no 'yielded' count" in caplog.text
-    _take(mid, quota)  # a full quota from there, reading the share again if needed
+    take(mid, quota)  # a full quota from there, reading the share again if needed
     assert mid.state_dict()["epoch"] == 1 and mid.state_dict()["yielded"] == quota
     with pytest.raises(ValueError, match="yielded"):
         mid.load_state_dict({"epoch": 0, "position": 1, "yielded": 2})
@@ -169,7 +165,7 @@ def test_plan_is_logged_once_per_epoch_by_rank_zero(uneven_image, caplog):
             stream = _stream(shards, counts, rank=rank)
             _keys_per_epoch(stream, 2)
             stream.load_state_dict(stream.state_dict())  # a new iterator in the same epoch
-            _take(stream, 1)
+            take(stream, 1)
     records = [r for r in caplog.records if r.name == "lorabench.data" and r.getMessage().startswith("data epoch")]
     lines = [r.getMessage() for r in records]
     assert [line.split(":")[0] for line in lines] == ["data epoch 0", "data epoch 1", "data epoch 2"]
@@ -182,14 +178,16 @@ def test_plan_is_logged_once_per_epoch_by_rank_zero(uneven_image, caplog):
 
 
 def test_share_without_good_samples_fails(small_image):
+    # Image shards read as video: every sample lacks an mp4 member.
     shards = [str(p) for p in small_image]
     stream = _stream(shards, shard_sample_counts(shards), world_size=1, modality="video")
-    with pytest.raises(DataError, match="no usable samples.*missing_media=8"):
-        _take(stream, 1)
+    with pytest.raises(DataError, match="no usable samples.*missing_media=8") as exc:
+        take(stream, 1)
+    assert shards[0] in str(exc.value)
 
 
 def test_stale_counts_are_reported(uneven_image):
     shard = str(uneven_image[0])
     stream = _stream([shard], {shard: 9}, world_size=1, batch_size=1)
     with pytest.raises(DataError, match=f"{shard}.*hold 7 samples, but the sample counts say 9"):
-        _take(stream, 9)
+        take(stream, 9)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import itertools
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from training.data.index import shard_sample_counts
 from training.data.synthetic import make_bad_shard, make_data
 
 SIZE = (32, 32)  # (width, height)
@@ -36,6 +38,16 @@ def bad_video(tmp_path_factory) -> tuple[Path, dict[str, int]]:
 def bad_image(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     path = tmp_path_factory.mktemp("bad") / "bad-image.tar"
     return path, make_bad_shard(path, SIZE, FRAMES, kind="image")
+
+
+def counted(shards) -> dict[str, int]:
+    """``{shard: samples}`` for a :class:`ShardStream`'s ``sample_counts`` (the shards as strings)."""
+    return shard_sample_counts([str(s) for s in shards])
+
+
+def take(stream, n: int) -> list:
+    """The next ``n`` samples of ``stream`` (a new iterator, continuing from its position)."""
+    return list(itertools.islice(iter(stream), n))
 
 
 UNEVEN = (7, 3, 5, 2, 4)  # samples per shard

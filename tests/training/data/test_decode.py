@@ -20,6 +20,8 @@ from training.data.pipeline import ShardStream
 from training.data.synthetic import render_image, render_video
 from training.media_io import encode_mp4, encode_png
 
+from .conftest import counted
+
 
 def _first(path, ext):
     with tarfile.open(path) as tar:
@@ -148,7 +150,8 @@ def test_bad_fps_is_a_caller_error(small_video, fps):
     with pytest.raises(ValueError, match="fps"):
         decode_video(_first(small_video[0], "mp4"), frames=2, height=32, width=32, fps=fps)
     with pytest.raises(ValueError, match="fps"):
-        ShardStream([str(small_video[0])], modality="video", frames=2, height=32, width=32, seed=0, fps=fps)
+        ShardStream([str(small_video[0])], modality="video", frames=2, height=32, width=32, seed=0, fps=fps,
+                    sample_counts=counted(small_video[:1]))
 
 
 def test_shard_stream_resamples(small_video):
@@ -156,7 +159,7 @@ def test_shard_stream_resamples(small_video):
     with tarfile.open(small_video[0]) as tar:
         raw = {n.split(".")[0]: tar.extractfile(n).read() for n in tar.getnames() if n.endswith(".mp4")}
     stream = ShardStream([str(small_video[0])], modality="video", frames=3, height=32, width=32,
-                         seed=0, shuffle_buffer=0, fps=4)
+                         seed=0, shuffle_buffer=0, fps=4, sample_counts=counted(small_video[:1]))
     samples = list(itertools.islice(iter(stream), len(raw)))
     assert sorted(s["key"] for s in samples) == sorted(raw)
     for s in samples:

@@ -14,7 +14,7 @@ from training.data.synthetic import make_bad_shard, make_data, render_video
 from training.media_io import encode_mp4
 from training.trainer import Trainer
 
-from ..conftest import tiny_config
+from ...conftest import tiny_config
 from .conftest import LONG_CAPTION as LONG
 from .conftest import write_tar
 
