@@ -68,7 +68,7 @@ def run_demo(out: Path, steps: Optional[int] = None, seed: int = 0, workers: int
         overrides.append(f"train.max_steps={steps}")
     cfg = load_config(DEMO_CONFIG, overrides)
     layout = RunLayout.for_run(cfg.output_dir, cfg.run_name)
-    info = connect(cfg)  # one Ray for both stages: train and eval see it and leave it running
+    info = connect(cfg.parallel)  # one Ray for both stages: train and eval see it and leave it running
     try:
         print(f"==> training LoRA for {cfg.train.max_steps} steps on local Ray ({workers} workers, DeepSpeed "
               f"ZeRO-2) -> {layout.root}")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from training.config import ConfigError, RunConfig, load_config
+from training.config import ConfigError, ParallelSettings, RunConfig, load_config
 from training.console import quiet_third_party
 from training.errors import run_entry, split_debug_flag
 
@@ -52,7 +52,7 @@ class RayInfo:
 # ----------------------------------------------------------------------------- connection
 
 
-def connect(cfg: RunConfig) -> RayInfo:
+def connect(par: ParallelSettings) -> RayInfo:
     """Join the configured cluster, or start an embedded local Ray on 127.0.0.1."""
     # Without this Ray may advertise the machine's external interface even when told
     # 127.0.0.1; it is read when ray is imported.
@@ -61,13 +61,12 @@ def connect(cfg: RunConfig) -> RayInfo:
 
     if ray.is_initialized():
         return RayInfo(ray.get_runtime_context().gcs_address, _dashboard_url(), started_here=False)
-    address = cfg.parallel.ray_address or os.environ.get("RAY_ADDRESS")
+    address = par.ray_address or os.environ.get("RAY_ADDRESS")
     env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
     if address:
         ctx = ray.init(address=address, runtime_env={"env_vars": env} if env else None,
                        log_to_driver=True)
         return RayInfo(address, _http(getattr(ctx, "dashboard_url", None)) or _dashboard_url(), started_here=False)
-    par = cfg.parallel
     need = math.ceil(par.num_workers * par.cpus_per_worker)
     # Workers import this repo; an embedded Ray runs on this machine, so the path is valid.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -90,7 +89,7 @@ def _dashboard_url() -> Optional[str]:
         return None
 
 
-def check_resources(cfg: RunConfig) -> dict[str, Any]:
+def check_resources(par: ParallelSettings) -> dict[str, Any]:
     """Fail now if the cluster can never place the worker group (instead of waiting forever).
 
     Compares with the cluster's *capacity* node by node (a worker must fit on one node), not
@@ -98,7 +97,6 @@ def check_resources(cfg: RunConfig) -> dict[str, Any]:
     """
     import ray
 
-    par = cfg.parallel
     want = {"CPU": par.cpus_per_worker, "GPU": 1.0 if par.use_gpu else 0.0}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits, described = 0, []
@@ -136,7 +134,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 def prepare_config(cfg: RunConfig) -> RunConfig:
     """Validate what can be validated on the driver, and make worker restarts resume."""
-    from training.trainer import preflight
+    from training.preflight import preflight
 
     preflight(cfg, rank=0, world_size=cfg.parallel.num_workers)  # the workers' own checks, before Ray
     data = cfg.to_dict()
@@ -174,9 +172,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.parallel.backend != "ray":
         raise ConfigError("cluster.train runs parallel.backend=ray configs (set parallel.backend=ray)")
     worker_cfg = prepare_config(cfg)
-    info = connect(cfg)
+    info = connect(cfg.parallel)
     try:
-        slots = check_resources(cfg)
+        slots = check_resources(cfg.parallel)
         par = cfg.parallel
         print(f"Ray cluster {info.address}: {slots['nodes']} node(s), room for {slots['worker_slots']} "
               f"worker(s); dashboard: {info.dashboard_url or 'not available'}", flush=True)

@@ -105,3 +105,17 @@ def local_ray():
                  "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+# Tiers (pyproject.toml [tool.pytest.ini_options] markers): a test is in exactly one. Modules and
+# tests mark the heavy tiers; everything else is "fast", so `-m fast` needs no upkeep.
+HEAVY_TIERS = ("slow", "distributed", "realgeom", "browser", "slurm")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tiers = [t for t in HEAVY_TIERS if item.get_closest_marker(t)]
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is in more than one tier: {tiers}")
+        if not tiers:
+            item.add_marker(pytest.mark.fast)

@@ -117,7 +117,7 @@ def test_readme_train_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (cwd / "runs/tiny-wan/checkpoints/step-0000020/manifest.json").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_readme_ray_deepspeed_example_runs_as_written(tmp_path, monkeypatch):
     # As written, plus a short run: the example is about the options-then-overrides command line.
     # A real subprocess: the console it prints (Ray's relay included) is part of what is checked.

@@ -16,7 +16,7 @@ import sys
 from typing import Optional
 
 from .config import ConfigError, load_config
-from .engine import world_from_env
+from .engines import world_from_env
 from .errors import run_entry, split_debug_flag
 
 USAGE = "usage: python -m training CONFIG [key=value ...]   (run by torchrun / accelerate launch)"

@@ -102,3 +102,15 @@ class NonFiniteGuard(Callback):
             raise FloatingPointError(
                 f"loss is {metrics['loss']} at step {metrics['step']}; lower optim.lr or use fp32/bf16 "
                 f"(last complete checkpoint: {trainer.layout.latest_checkpoint()})")
+
+
+def default_callbacks(log_cfg: Any, is_main: bool) -> list[Callback]:
+    """The non-finite guard on every rank; logs, events and the progress bar from rank 0 only."""
+    if not is_main:
+        return [NonFiniteGuard()]
+    cbs: list[Callback] = [NonFiniteGuard(), JsonlLogger(log_cfg.every_steps)]
+    if log_cfg.tensorboard:
+        cbs.append(TensorBoardLogger(log_cfg.every_steps))
+    if log_cfg.progress:
+        cbs.append(ProgressBar())
+    return cbs

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -32,7 +30,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .errors import LorabenchError, exception_chain
-from .fsio import existing_ancestor, fsync_dir
+from .fsio import existing_ancestor, fsync_dir, sha256_file, sha256_json
 from .layout import CKPT_CONFIG, MANIFEST, RunLayout, manifest_problem
 
 STATE_FILE = "state.json"
@@ -60,19 +58,11 @@ def _load_json(path: Path) -> Any:
                               f"{_DAMAGED_HINT}") from None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def config_hash(path: Path) -> str:
     """Hash of a JSON config with sorted keys (stable across key order and whitespace)."""
     data = json.loads(path.read_text())
     data.pop("_diffusers_version", None)  # the library version is not the architecture
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return sha256_json(data)
 
 
 # ------------------------------------------------------------------ optimizer (no pickle)
@@ -186,20 +176,6 @@ def publish_checkpoint(layout: RunLayout, step: int, tmp: Path, manifest: dict[s
         raise
     prune_checkpoints(layout, keep_last)
     return final
-
-
-def save_checkpoint(layout: RunLayout, step: int, *, write_files, manifest: dict[str, Any],
-                    keep_last: Optional[int]) -> Path:
-    """Single-writer convenience: ``write_files(tmp)`` writes everything, then publish."""
-    remove_temp_checkpoints(layout)
-    refusal = space_shortfall(layout, step)
-    if refusal is not None:
-        raise CheckpointSpaceError(refusal)
-    token = uuid.uuid4().hex[:8]
-    with space_errors(layout, step, layout.temp_checkpoint(step, token)):
-        tmp = begin_checkpoint(layout, step, token)
-        write_files(tmp)
-        return publish_checkpoint(layout, step, tmp, manifest, keep_last)
 
 
 def _fsync_tree(folder: Path) -> None:

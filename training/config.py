@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
+from pydantic_core import to_jsonable_python
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from training.errors import LorabenchError
@@ -66,24 +67,67 @@ class Section(BaseModel):
         return value
 
 
+# Marks a field that must not change between a checkpoint and the run resuming from it
+# (the data order, the loss, the optimizer trajectory depend on it). The list of invariants is
+# read from the model (:func:`resume_invariants`), so renaming a field cannot drop it silently.
+RESUME_INVARIANT = {"resume_invariant": True}
+
+
+def resume_invariants(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Dotted names of the fields marked ``RESUME_INVARIANT`` (a marked section counts whole)."""
+    model = model or RunConfig
+    out = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("resume_invariant"):
+            out.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            out.extend(resume_invariants(field.annotation, f"{prefix}{name}."))
+    return out
+
+
+_MISSING = object()
+
+
+def setting(data: dict[str, Any], dotted: str) -> Any:
+    """``data[a][b]`` for ``a.b`` in a config dict; a key an older config lacks reads as the
+    field's default (as JSON), so adding a field does not make old checkpoints unresumable."""
+    value: Any = data
+    for part in dotted.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            return _default(dotted)
+    return value
+
+
+def _default(dotted: str) -> Any:
+    model: Any = RunConfig
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[leaf]  # KeyError: not a config field
+    value = None if field.is_required() else field.get_default(call_default_factory=True)
+    # As the config dict holds it (JSON): a tuple default such as optim.betas reads as a list.
+    return to_jsonable_python(value)
+
 
 class ModelConfig(Section):
-    family: str = Field("wan", description="Model family in the registry (wan, sd3).")
-    path: str = Field(..., description="Local diffusers folder with model_index.json.")
+    family: str = Field("wan", json_schema_extra=RESUME_INVARIANT, description="Model family in the registry (wan, sd3).")
+    path: str = Field(..., json_schema_extra=RESUME_INVARIANT, description="Local diffusers folder with model_index.json.")
     revision: Optional[str] = Field(None, description="Base model revision, recorded in manifests.")
     attention: Literal["auto", "sdpa", "xformers"] = Field(
         "auto", description="Attention backend: xformers on CUDA when installed, else SDPA."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     mixed_precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Denoiser weights and compute dtype (autocast); LoRA masters and optimizer "
+        "fp32", json_schema_extra=RESUME_INVARIANT, description="Denoiser weights and compute dtype (autocast); LoRA masters and optimizer "
                             "state stay fp32 under every engine."
     )
     vae_dtype: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="VAE weights and encode dtype. fp32 as in Wan's reference VAE and diffusers' docs."
+        "fp32", json_schema_extra=RESUME_INVARIANT, description="VAE weights and encode dtype. fp32 as in Wan's reference VAE and diffusers' docs."
     )
     text_encoder_dtype: Optional[Literal["fp32", "bf16", "fp16"]] = Field(
-        None, description="Text encoder dtype; null: the same as mixed_precision (Wan's reference runs umT5 "
+        None, json_schema_extra=RESUME_INVARIANT, description="Text encoder dtype; null: the same as mixed_precision (Wan's reference runs umT5 "
                           "in bf16)."
     )
     offload_encoders: bool = Field(
@@ -116,26 +160,26 @@ class LoraConfig(Section):
 
 class DataConfig(Section):
     shards: Union[str, list[str]] = Field(
-        ..., description="Webdataset shards: a directory, a brace pattern or a list of paths/URLs."
+        ..., json_schema_extra=RESUME_INVARIANT, description="Webdataset shards: a directory, a brace pattern or a list of paths/URLs."
     )
-    width: int = Field(64, ge=8, le=8192, description="Training width in pixels.")
-    height: int = Field(64, ge=8, le=8192, description="Training height in pixels.")
-    frames: int = Field(1, ge=1, le=1024, description="Frames per clip (video families).")
-    shuffle_buffer: int = Field(64, ge=0, description="Sample shuffle buffer size (0 disables).")
+    width: int = Field(64, ge=8, le=8192, json_schema_extra=RESUME_INVARIANT, description="Training width in pixels.")
+    height: int = Field(64, ge=8, le=8192, json_schema_extra=RESUME_INVARIANT, description="Training height in pixels.")
+    frames: int = Field(1, ge=1, le=1024, json_schema_extra=RESUME_INVARIANT, description="Frames per clip (video families).")
+    shuffle_buffer: int = Field(64, ge=0, json_schema_extra=RESUME_INVARIANT, description="Sample shuffle buffer size (0 disables).")
     prefetch: int = Field(2, ge=0, le=64, description="Batches decoded ahead on a background thread (0: inline).")
     max_bad_fraction: float = Field(
         0.05, ge=0.0, le=1.0, description="Fail the run when skipped samples exceed this fraction."
     )
     max_text_length: Optional[int] = Field(
-        None, ge=1, description="Text encoder sequence length; null uses the spec default."
+        None, ge=1, json_schema_extra=RESUME_INVARIANT, description="Text encoder sequence length; null uses the spec default."
     )
     fps: Optional[float] = Field(
-        None, gt=0, le=240, description="Resample clips to this frame rate (nearest frame by timestamp) before "
+        None, gt=0, le=240, json_schema_extra=RESUME_INVARIANT, description="Resample clips to this frame rate (nearest frame by timestamp) before "
                                         "taking data.frames; null: the clip's native rate (set it to the model's "
                                         "rate: 16 for Wan2.1, 24 for Wan2.2-TI2V-5B)."
     )
     long_captions: Literal["truncate", "skip", "error"] = Field(
-        "truncate", description="Captions over the text encoder's token limit: train on their first tokens "
+        "truncate", json_schema_extra=RESUME_INVARIANT, description="Captions over the text encoder's token limit: train on their first tokens "
                                 "(counted as caption_truncated), skip the sample (counted as caption_too_long), "
                                 "or stop with an error."
     )
@@ -150,15 +194,15 @@ class DataConfig(Section):
 
 
 class OptimConfig(Section):
-    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr: float = Field(1e-4, gt=0.0, le=1.0, json_schema_extra=RESUME_INVARIANT, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, json_schema_extra=RESUME_INVARIANT, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), json_schema_extra=RESUME_INVARIANT, description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0.0, json_schema_extra=RESUME_INVARIANT, description="AdamW epsilon.")
+    warmup_steps: int = Field(0, ge=0, json_schema_extra=RESUME_INVARIANT, description="Linear warm-up steps.")
     schedule: Literal["constant", "cosine", "linear"] = Field(
-        "constant", description="Decay after warm-up."
+        "constant", json_schema_extra=RESUME_INVARIANT, description="Decay after warm-up."
     )
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final lr as a fraction of lr.")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, json_schema_extra=RESUME_INVARIANT, description="Final lr as a fraction of lr.")
     max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="Gradient clipping; null disables.")
 
     @model_validator(mode="after")
@@ -171,16 +215,16 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
-    batch_size: int = Field(1, ge=1, description="Samples per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    batch_size: int = Field(1, ge=1, json_schema_extra=RESUME_INVARIANT, description="Samples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, json_schema_extra=RESUME_INVARIANT, description="Micro-batches per optimizer step.")
     resume: Optional[str] = Field(
         None, description="null (fresh run), 'auto' (latest complete checkpoint) or a checkpoint path."
     )
     timestep_sampling: Literal["logit_normal", "uniform"] = Field(
-        "logit_normal", description="How flow-matching sigmas are drawn (SD3 paper, sec. 3.1)."
+        "logit_normal", json_schema_extra=RESUME_INVARIANT, description="How flow-matching sigmas are drawn (SD3 paper, sec. 3.1)."
     )
-    logit_mean: float = Field(0.0, description="Mean of the logit-normal sigma distribution.")
-    logit_std: float = Field(1.0, gt=0.0, description="Std of the logit-normal sigma distribution.")
+    logit_mean: float = Field(0.0, json_schema_extra=RESUME_INVARIANT, description="Mean of the logit-normal sigma distribution.")
+    logit_std: float = Field(1.0, gt=0.0, json_schema_extra=RESUME_INVARIANT, description="Std of the logit-normal sigma distribution.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; null keeps default.")
 
@@ -197,19 +241,32 @@ class LogConfig(Section):
     progress: bool = Field(True, description="Show a progress bar.")
 
 
-class ParallelConfig(Section):
+class ParallelSettings(Section):
+    """Where work runs on Ray: shared by training (Ray Train workers) and eval (actors), so the
+    launcher code that connects to Ray and checks resources takes one type."""
+
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray workers (one rank or actor each; one GPU each "
+                             "with use_gpu).")
+    use_gpu: bool = Field(False, description="Give each Ray worker one GPU (NCCL for training); false: CPU workers.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs reserved per Ray worker (fractions allowed; "
+                                   "an eval actor uses max(1, floor) torch threads).")
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster to join; null uses RAY_ADDRESS, else starts a local Ray on 127.0.0.1."
+    )
+
+    @property
+    def threads(self) -> int:
+        """Torch threads for one worker: its whole CPUs, at least one."""
+        return max(1, int(self.cpus_per_worker))
+
+
+class ParallelConfig(ParallelSettings):
     backend: Literal["none", "ray"] = Field(
         "none", description="'none': this process (or torchrun/accelerate launch ranks); 'ray': a Ray Train job."
     )
-    num_workers: int = Field(1, ge=1, le=4096, description="Ray workers (one rank each; one GPU each with use_gpu).")
-    use_gpu: bool = Field(False, description="Give each Ray worker one GPU (NCCL); false: CPU workers (gloo).")
-    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs reserved per Ray worker (fractions allowed).")
     max_failures: int = Field(
         0, ge=-1, description="Restarts of the worker group after a worker dies (-1: unlimited); each resumes "
                               "from the latest complete checkpoint."
-    )
-    ray_address: Optional[str] = Field(
-        None, description="Ray cluster to join; null uses RAY_ADDRESS, else starts a local Ray on 127.0.0.1."
     )
 
 
@@ -239,9 +296,9 @@ class DebugConfig(Section):
 class RunConfig(Section):
     run_name: str = Field(..., min_length=1, description="Name of the run directory.")
     output_dir: str = Field("runs", description="Parent directory of run directories.")
-    seed: int = Field(0, ge=0, description="Seed for data order, noise and LoRA init.")
+    seed: int = Field(0, ge=0, json_schema_extra=RESUME_INVARIANT, description="Seed for data order, noise and LoRA init.")
     model: ModelConfig
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig, json_schema_extra=RESUME_INVARIANT)
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

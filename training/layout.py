@@ -129,6 +129,7 @@ def manifest_problem(folder: Path) -> Optional[str]:
 
 
 RESULT_FILE = "result.json"
+SHARD_INDEX = "shard_index.json"  # per-shard sample counts and bad shards (data.index)
 
 # File names inside a checkpoint folder.
 MANIFEST = "manifest.json"

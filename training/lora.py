@@ -11,25 +11,20 @@ A checkpoint folder carries the adapter twice, each in the key layout of the lib
 
 Why two files: each library silently loads *nothing* from the other's layout (only a warning),
 which is precisely the failure of field note 1. The tensors are identical; only names differ.
+The file names, prefixes and writers are :mod:`training.adapters.files`'.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from safetensors.torch import save_file
 
+from .adapters.files import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, config_dict, write_diffusers, write_peft
 from .errors import LorabenchError
 
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
-PEFT_PREFIX = "base_model.model."
-DIFFUSERS_PREFIX = "transformer."
 ADAPTER_NAME = "default"
 
 
@@ -97,26 +92,16 @@ def lora_named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Pa
             if "lora_" in n and p.requires_grad]
 
 
-def config_dict(cfg: PeftLoraConfig) -> dict[str, Any]:
-    """JSON-safe peft config (sets -> sorted lists)."""
-    out = {}
-    for k, v in cfg.to_dict().items():
-        out[k] = sorted(v) if isinstance(v, set) else v
-    return out
-
-
 def write_adapter(out_dir: Path, state: dict[str, torch.Tensor], cfg: PeftLoraConfig,
                   base_model_path: str) -> list[str]:
-    """Write both adapter layouts into ``out_dir``; returns the file names written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write both adapter layouts into ``out_dir``; returns the file names written.
+
+    ``out_dir`` is a checkpoint's temporary folder, published whole by one rename, so the files
+    are streamed into it rather than each written atomically.
+    """
     cfg_json = config_dict(cfg)
-    cfg_json["base_model_name_or_path"] = base_model_path
-    save_file({PEFT_PREFIX + k: v for k, v in state.items()}, str(out_dir / PEFT_WEIGHTS),
-              metadata={"format": "pt"})
-    (out_dir / PEFT_CONFIG).write_text(json.dumps(cfg_json, indent=2, sort_keys=True))
-    # diffusers rebuilds the LoraConfig (rank, alpha, targets) from "lora_adapter_metadata",
-    # whose keys carry the component prefix like the tensors do ("transformer.lora_alpha").
-    meta_cfg = {DIFFUSERS_PREFIX + k: v for k, v in cfg_json.items() if k != "base_model_name_or_path"}
-    save_file({DIFFUSERS_PREFIX + k: v for k, v in state.items()}, str(out_dir / DIFFUSERS_WEIGHTS),
-              metadata={"format": "pt", "lora_adapter_metadata": json.dumps(meta_cfg, sort_keys=True)})
+    cfg_json.pop("base_model_name_or_path", None)  # recorded in the PEFT config only, not the diffusers metadata
+    write_peft(out_dir, state, dict(cfg_json, base_model_name_or_path=base_model_path), {"format": "pt"},
+               atomic=False)
+    write_diffusers(out_dir / DIFFUSERS_WEIGHTS, state, cfg_json, {"format": "pt"}, atomic=False)
     return [PEFT_WEIGHTS, PEFT_CONFIG, DIFFUSERS_WEIGHTS]

@@ -464,7 +464,7 @@ class MemoryPlan:
 def zero_stage_of(cfg: RunConfig) -> Optional[int]:
     """The ZeRO stage the run will use; None without DeepSpeed.
 
-    Same precedence as ``training.distributed.resolve_deepspeed_config`` (``deepspeed.zero_stage``
+    Same precedence as ``training.engines.zero.resolve_deepspeed_config`` (``deepspeed.zero_stage``
     over the JSON's ``zero_optimization.stage``, default 0), without importing DeepSpeed.
     """
     ds = cfg.deepspeed
@@ -481,7 +481,7 @@ def zero_stage_of(cfg: RunConfig) -> Optional[int]:
 def plan_training(cfg: RunConfig, world_size: int = 1) -> MemoryPlan:
     """The memory plan of a training run on ``world_size`` ranks, from configs only.
 
-    Call it before the engine exists (like ``trainer.preflight``): once accelerate has registered
+    Call it before the engine exists (like ``training.preflight``): once accelerate has registered
     a ZeRO-3 config with transformers, building a transformers model (even on ``meta``) goes
     through ``deepspeed.zero.Init``.
     """

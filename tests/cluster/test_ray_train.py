@@ -12,7 +12,7 @@ import pytest
 
 from ..conftest import CONFIGS, REPO, _free_port, load_adapter_tensors, run_ranks
 
-pytestmark = pytest.mark.slow  # real multi-process clusters: outside the quick tier
+pytestmark = pytest.mark.distributed  # real multi-process clusters: outside the quick tier
 
 TINY = CONFIGS / "train" / "tiny-wan.yaml"
 

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from training.checkpoint import (RankState, flatten_optimizer, prune_checkpoints, read_shared_state,
-                                 save_checkpoint, unflatten_optimizer, write_shared_state)
+                                 unflatten_optimizer, write_shared_state)
 from training.checkpoint import CheckpointError
 from training.layout import RunLayout
+
+from .conftest import save_checkpoint
 
 
 def _optimizer():

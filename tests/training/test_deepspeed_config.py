@@ -13,12 +13,14 @@ BASE = {"run_name": "r", "model": {"path": "m"}, "data": {"shards": "d"},
 
 
 def _cfg(*overrides):
-    return load_config(None, list(overrides), base=json.loads(json.dumps(BASE)))
+    """The engine settings of a run config with ``overrides`` (what the DeepSpeed engine receives)."""
+    from training.engines import EngineSettings
+    return EngineSettings.from_run_config(load_config(None, list(overrides), base=json.loads(json.dumps(BASE))))
 
 
 @pytest.mark.parametrize("name, stage", [("zero2.json", 2), ("zero3.json", 3)])
 def test_shipped_deepspeed_configs_resolve(name, stage):
-    from training.distributed import resolve_deepspeed_config
+    from training.engines.zero import resolve_deepspeed_config
     ds = resolve_deepspeed_config(_cfg(f"deepspeed.config={CONFIGS / 'deepspeed' / name}",
                                        "model.mixed_precision=bf16"), world_size=4)
     assert ds["zero_optimization"]["stage"] == stage
@@ -31,7 +33,7 @@ def test_shipped_deepspeed_configs_resolve(name, stage):
 
 
 def test_zero_stage_alone_and_override():
-    from training.distributed import resolve_deepspeed_config
+    from training.engines.zero import resolve_deepspeed_config
     assert resolve_deepspeed_config(_cfg("deepspeed.zero_stage=3"), 1)["zero_optimization"]["stage"] == 3
     path = CONFIGS / "deepspeed" / "zero2.json"
     ds = resolve_deepspeed_config(_cfg(f"deepspeed.config={path}", "deepspeed.zero_stage=0"), 1)
@@ -44,7 +46,7 @@ def test_zero_stage_alone_and_override():
     ({"bf16": {"enabled": True}}, r"bf16.enabled=True disagrees with model.mixed_precision=fp32"),
 ])
 def test_conflicting_deepspeed_json_is_refused(tmp_path, body, message):
-    from training.distributed import resolve_deepspeed_config
+    from training.engines.zero import resolve_deepspeed_config
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(body))
     with pytest.raises(ConfigError, match=message) as e:
@@ -53,7 +55,7 @@ def test_conflicting_deepspeed_json_is_refused(tmp_path, body, message):
 
 
 def test_deepspeed_bf16_mode_is_refused_with_the_reason(tmp_path):
-    from training.distributed import resolve_deepspeed_config
+    from training.engines.zero import resolve_deepspeed_config
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"bf16": {"enabled": True}}))
     with pytest.raises(ConfigError, match="would cast the fp32-kept modules and the LoRA to bf16"):
@@ -61,7 +63,7 @@ def test_deepspeed_bf16_mode_is_refused_with_the_reason(tmp_path):
 
 
 def test_missing_or_broken_deepspeed_json(tmp_path):
-    from training.distributed import resolve_deepspeed_config
+    from training.engines.zero import resolve_deepspeed_config
     with pytest.raises(ConfigError, match="no such file"):
         resolve_deepspeed_config(_cfg(f"deepspeed.config={tmp_path / 'nope.json'}"), 1)
     bad = tmp_path / "bad.json"

@@ -10,7 +10,7 @@ from training.adapters import inspect_adapter
 from training.checkpoint import read_manifest
 from training.models import get_spec
 
-pytestmark = pytest.mark.slow  # real multi-process clusters: outside the quick tier
+pytestmark = pytest.mark.distributed  # real multi-process clusters: outside the quick tier
 
 TINY = CONFIGS / "train" / "tiny-wan.yaml"
 

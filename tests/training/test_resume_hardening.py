@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 
 from training.checkpoint import (CheckpointError, CheckpointSpaceError, RankState, read_manifest,
-                                 read_shared_state, resolve_resume, save_checkpoint, write_shared_state)
+                                 read_shared_state, resolve_resume, write_shared_state)
 from training.fsio import CorruptFileError, append_jsonl, atomic_write_bytes, read_jsonl
 from training.layout import RunLayout
 from training.trainer import Trainer
 
 from ..conftest import CONFIGS, REPO, tiny_config
+from .conftest import save_checkpoint
 
 COMMON = ["checkpoint.every_steps=2", "checkpoint.keep_last=null", "log.tensorboard=false",
           "lora.dropout=0.1"]
@@ -357,9 +358,16 @@ def _kib(folder: Path) -> str:
 
 
 def test_every_resume_invariant_is_a_config_field_and_new_ones_default_for_old_checkpoints():
-    from training.trainer import _RESUME_INVARIANTS, _lookup
-    for key in _RESUME_INVARIANTS:
-        _lookup({}, key)  # KeyError if a listed field was renamed away
+    from training.config import RunConfig, resume_invariants, setting
+    invariants = resume_invariants()
+    # Read from the config model, so they cannot name a field that does not exist; the sections
+    # whose change would alter data order, loss or optimizer trajectory are all represented.
+    assert {k.split(".")[0] for k in invariants} == {"seed", "model", "lora", "data", "train", "optim"}
+    assert {"data.shards", "train.batch_size", "optim.lr", "lora", "model.path"} <= set(invariants)
+    assert not {"train.max_steps", "checkpoint.every_steps", "log.every_steps"} & set(invariants)
+    fresh = RunConfig.model_validate({"run_name": "r", "model": {"path": "m"}, "data": {"shards": "d"}}).to_dict()
+    for key in invariants:
+        assert setting({}, key) == setting(fresh, key) or key in ("model.path", "data.shards")
     # A checkpoint written before data.long_captions existed resumes as the default policy.
-    assert _lookup({"data": {"shards": "x"}}, "data.long_captions") == "truncate"
-    assert _lookup({"data": {"long_captions": "skip"}}, "data.long_captions") == "skip"
+    assert setting({"data": {"shards": "x"}}, "data.long_captions") == "truncate"
+    assert setting({"data": {"long_captions": "skip"}}, "data.long_captions") == "skip"

@@ -120,7 +120,7 @@ def test_unwritable_output_dir_is_named():
 
 
 def test_train_preflight_refuses_the_output_dir_before_any_model_loads(tmp_path, video_shards):
-    from training.trainer import preflight
+    from training.preflight import preflight
     blocker = tmp_path / "f"
     blocker.write_text("")
     # model.path does not exist: had the model been loaded first, this would be a model-folder error.

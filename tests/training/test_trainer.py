@@ -14,7 +14,7 @@ from training.checkpoint import CheckpointError, read_manifest
 from training.config import ConfigError
 from training.data.pipeline import DataError
 from training.layout import RunLayout
-from training.lora import DIFFUSERS_PREFIX, PEFT_PREFIX
+from training.adapters.files import DIFFUSERS_PREFIX, PEFT_PREFIX
 from training.runtime import RuntimeConfigError
 from training.trainer import Trainer
 

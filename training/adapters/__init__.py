@@ -2,8 +2,9 @@
 prove their effect, and convert between dialects (field notes 1 and 2)."""
 
 from .convert import convert
+from .errors import AdapterError
 from .load import inspect_adapter, load_adapter, loaded_adapters, unload_adapter
-from .report import AdapterError, AdapterReport
+from .report import AdapterReport
 from .verify import verify_effect, weight_deltas
 
 __all__ = ["AdapterError", "AdapterReport", "convert", "inspect_adapter", "load_adapter", "loaded_adapters",

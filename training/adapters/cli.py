@@ -16,12 +16,12 @@ from typing import Optional
 
 import torch
 
-from .convert import FORMATS, convert, written_naming
-from .load import DENOISER_ATTRS, inspect_adapter, load_adapter
-from ..models import ModelFolderError, spec_for_folder
-from .report import AdapterError
-from .verify import verify_effect
 from ..errors import EXIT_USER_ERROR
+from ..models import ModelFolderError, spec_for_folder
+from .convert import FORMATS, convert, written_naming
+from .errors import AdapterError
+from .load import DENOISER_ATTRS, inspect_adapter, load_adapter
+from .verify import verify_effect
 
 
 def load_denoiser(model_dir: str, meta: bool = False) -> tuple[object, torch.nn.Module]:

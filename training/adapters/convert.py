@@ -13,18 +13,19 @@ diffusers and peft files get diffusers names (``original_names`` overrides eithe
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from safetensors.torch import save_file
 
-from ..lora import config_dict
-from .formats import DIFFUSERS_FILE, DIFFUSERS_META, PEFT_CONFIG, Adapter, open_adapter
+from .errors import AdapterError
+from .files import (COMFYUI_PREFIX, DIFFUSERS_WEIGHTS, KOHYA_PREFIX, PEFT_CONFIG, PEFT_WEIGHTS, config_dict,
+                    save_tensors, write_diffusers, write_peft)
+from .formats import Adapter, open_adapter
 from .load import denoiser, lora_config
 from .names import NAME_TABLES, ModelInfo, describe_model, family_from_names
-from .report import AdapterError, AdapterReport, build_report
+from .report import AdapterReport, build_report
 
 FORMATS = ("comfyui", "kohya", "diffusers", "peft")
 # Formats whose users (ComfyUI's native loaders, musubi-tuner, diffusers' own Wan converter for
@@ -32,8 +33,7 @@ FORMATS = ("comfyui", "kohya", "diffusers", "peft")
 ORIGINAL_NAMES_BY_DEFAULT = ("comfyui", "kohya")
 NAMES_META = "lorabench_module_names"
 DEFAULT_FILES = {"comfyui": "lora_comfyui.safetensors", "kohya": "lora_kohya.safetensors",
-                 "diffusers": DIFFUSERS_FILE}
-PEFT_FILE = "adapter_model.safetensors"
+                 "diffusers": DIFFUSERS_WEIGHTS}
 
 
 def alpha_tensor(alpha: float) -> torch.Tensor:
@@ -65,39 +65,31 @@ def _meta(adapter: Adapter, rename: Callable[[str], str]) -> dict[str, str]:
     return meta
 
 
-def _low_rank(adapter: Adapter, rep: AdapterReport, prefix: str, sep_dots: bool,
-              rename: Callable[[str], str]) -> dict[str, torch.Tensor]:
-    out = {}
-    for n in rep.matched:
-        mod = adapter.modules[n]
-        name = rename(n).replace(".", "_") if not sep_dots else rename(n)
-        out[f"{prefix}{name}.lora_down.weight"] = mod.A.contiguous()
-        out[f"{prefix}{name}.lora_up.weight"] = mod.B.contiguous()
-        out[f"{prefix}{name}.alpha"] = alpha_tensor(rep.alphas[n])
-    return out
-
-
-def _write_comfyui(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str]) -> Path:
-    path = _target_file(out, "comfyui")
-    save_file(_low_rank(adapter, rep, "diffusion_model.", True, rename), str(path), metadata=_meta(adapter, rename))
-    return path
-
-
-def _write_kohya(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str]) -> Path:
-    path = _target_file(out, "kohya")
-    save_file(_low_rank(adapter, rep, "lora_unet_", False, rename), str(path), metadata=_meta(adapter, rename))
-    return path
-
-
-def _peft_layout(adapter: Adapter, rep: AdapterReport, prefix: str,
-                 rename: Callable[[str], str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _write_low_rank(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str], *,
+                    to: str, prefix: str, sep_dots: bool) -> Path:
+    """comfyui / kohya: ``<prefix><module>.lora_down/lora_up/alpha`` (kohya: dots of the name as underscores)."""
     tensors = {}
     for n in rep.matched:
         mod = adapter.modules[n]
-        tensors[f"{prefix}{rename(n)}.lora_A.weight"] = mod.A.contiguous()
-        tensors[f"{prefix}{rename(n)}.lora_B.weight"] = mod.B.contiguous()
+        name = rename(n).replace(".", "_") if not sep_dots else rename(n)
+        tensors[f"{prefix}{name}.lora_down.weight"] = mod.A.contiguous()
+        tensors[f"{prefix}{name}.lora_up.weight"] = mod.B.contiguous()
+        tensors[f"{prefix}{name}.alpha"] = alpha_tensor(rep.alphas[n])
+    path = _target_file(out, to)
+    save_tensors(path, tensors, _meta(adapter, rename), atomic=True)
+    return path
+
+
+def _peft_layout(adapter: Adapter, rep: AdapterReport,
+                 rename: Callable[[str], str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors keyed by module (the writers add the layout's prefix) and the LoRA config."""
+    tensors = {}
+    for n in rep.matched:
+        mod = adapter.modules[n]
+        tensors[f"{rename(n)}.lora_A.weight"] = mod.A.contiguous()
+        tensors[f"{rename(n)}.lora_B.weight"] = mod.B.contiguous()
     for n in rep.full_tensors:
-        tensors.update({f"{prefix}{rename(n)}.{p}": t.contiguous() for p, t in adapter.modules[n].full.items()})
+        tensors.update({f"{rename(n)}.{p}": t.contiguous() for p, t in adapter.modules[n].full.items()})
     renamed = lambda d: {rename(k): v for k, v in d.items()}  # noqa: E731
     cfg = lora_config(renamed(rep.ranks), renamed(rep.alphas), rep.use_rslora,
                       [rename(n) for n in rep.full_tensors])
@@ -106,26 +98,21 @@ def _peft_layout(adapter: Adapter, rep: AdapterReport, prefix: str,
 
 def _write_diffusers(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str]) -> Path:
     path = _target_file(out, "diffusers")
-    tensors, cfg = _peft_layout(adapter, rep, "transformer.", rename)
-    # diffusers rebuilds the LoraConfig from this metadata, keys prefixed by the component.
-    meta = dict(_meta(adapter, rename), **{DIFFUSERS_META: json.dumps({f"transformer.{k}": v for k, v in cfg.items()},
-                                                              sort_keys=True)})
-    save_file(tensors, str(path), metadata=meta)
+    write_diffusers(path, *_peft_layout(adapter, rep, rename), _meta(adapter, rename))
     return path
 
 
 def _write_peft(adapter: Adapter, rep: AdapterReport, out: Path, rename: Callable[[str], str]) -> Path:
     if out.suffix == ".safetensors":
-        raise AdapterError(f"{out}: the peft format is a folder ({PEFT_FILE} + {PEFT_CONFIG}); give a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    tensors, cfg = _peft_layout(adapter, rep, "base_model.model.", rename)
-    save_file(tensors, str(out / PEFT_FILE), metadata=_meta(adapter, rename))
-    (out / PEFT_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        raise AdapterError(f"{out}: the peft format is a folder ({PEFT_WEIGHTS} + {PEFT_CONFIG}); give a folder")
+    write_peft(out, *_peft_layout(adapter, rep, rename), _meta(adapter, rename))
     return out
 
 
 WRITERS: dict[str, Callable[[Adapter, AdapterReport, Path, Callable[[str], str]], Path]] = {
-    "comfyui": _write_comfyui, "kohya": _write_kohya, "diffusers": _write_diffusers, "peft": _write_peft}
+    "comfyui": functools.partial(_write_low_rank, to="comfyui", prefix=COMFYUI_PREFIX, sep_dots=True),
+    "kohya": functools.partial(_write_low_rank, to="kohya", prefix=KOHYA_PREFIX, sep_dots=False),
+    "diffusers": _write_diffusers, "peft": _write_peft}
 
 
 def convert(path: str | Path, to: str, out: str | Path, model: Any = None,
@@ -199,6 +186,6 @@ def export_namer(adapter: Adapter, info: Optional[ModelInfo], to: str, original_
 def written_naming(written: Path) -> Optional[str]:
     """The module naming ``convert`` recorded in the file it wrote (a peft folder: its tensor file)."""
     from safetensors import safe_open
-    f = written / PEFT_FILE if written.is_dir() else written
+    f = written / PEFT_WEIGHTS if written.is_dir() else written
     with safe_open(str(f), framework="pt") as st:
         return (st.metadata() or {}).get(NAMES_META) or None

@@ -30,17 +30,14 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoint import sha256_file
+from ..fsio import sha256_file
 from ..layout import MANIFEST
-from .names import ModelInfo
-from .report import AdapterError, KeyIssue, natural_key
+from .errors import AdapterError, KeyIssue
+from .files import (COMFYUI_PREFIX, DENOISER_PREFIXES, DIFFUSERS_META, DIFFUSERS_WEIGHTS, KOHYA_PREFIXES, PEFT_CONFIG,
+                    PEFT_PREFIX, PEFT_WEIGHTS, PEFT_WEIGHTS_BIN)
+from .names import ModelInfo, natural_key
 
-PEFT_DIR_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-PEFT_CONFIG = "adapter_config.json"
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-DIFFUSERS_META = "lora_adapter_metadata"
-DENOISER_PREFIXES = ("transformer.", "unet.")
-KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
+PEFT_DIR_FILES = (PEFT_WEIGHTS, PEFT_WEIGHTS_BIN)
 
 
 # ------------------------------------------------------------------ reading files
@@ -65,14 +62,14 @@ def _pick_file(path: Path) -> Path:
         raise AdapterError(f"adapter not found: {path} (give a .safetensors file, a PEFT folder or a "
                            "lorabench checkpoint folder)")
     # A lorabench checkpoint holds both layouts; the PEFT pair is preferred (its config is a file).
-    for name in (*PEFT_DIR_FILES, DIFFUSERS_FILE):
+    for name in (*PEFT_DIR_FILES, DIFFUSERS_WEIGHTS):
         if (path / name).is_file():
             return path / name
     found = sorted(path.glob("*.safetensors"))
     if len(found) == 1:
         return found[0]
     raise AdapterError(f"{path}: no adapter file found (looked for {', '.join(PEFT_DIR_FILES)}, "
-                       f"{DIFFUSERS_FILE}, or a single *.safetensors; found {[p.name for p in found]})")
+                       f"{DIFFUSERS_WEIGHTS}, or a single *.safetensors; found {[p.name for p in found]})")
 
 
 def _read_tensors(f: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -211,8 +208,8 @@ def parse_key(key: str) -> ParsedKey:
     if key.startswith("lora_te"):
         return ParsedKey(key, "kohya", key.split(".")[0], "skip",
                          reason="text-encoder LoRA: only the transformer/UNet is patched")
-    for dialect, prefixes in (("kohya", KOHYA_PREFIXES), ("peft", ("base_model.model.",)),
-                              ("comfyui", ("diffusion_model.",)), ("diffusers", DENOISER_PREFIXES)):
+    for dialect, prefixes in (("kohya", KOHYA_PREFIXES), ("peft", (PEFT_PREFIX,)),
+                              ("comfyui", (COMFYUI_PREFIX,)), ("diffusers", DENOISER_PREFIXES)):
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix:
             rest = key[len(prefix):]
@@ -288,9 +285,6 @@ class Adapter:
 
     def lora(self) -> dict[str, ModuleLora]:
         return {n: m for n, m in self.modules.items() if m.is_lora}
-
-    def full(self) -> dict[str, ModuleLora]:
-        return {n: m for n, m in self.modules.items() if m.full}
 
     def alpha_sources(self) -> str:
         return ", ".join(f"{s} ({n})" for s, n in Counter(m.alpha_source for m in self.lora().values()).items())

@@ -17,9 +17,10 @@ from typing import Any, Optional
 
 import torch
 
+from .errors import AdapterError
 from .formats import Adapter, open_adapter
 from .names import describe_model
-from .report import AdapterError, AdapterReport, build_report
+from .report import AdapterReport, build_report
 
 log = logging.getLogger("lorabench.adapters")
 
@@ -55,6 +56,11 @@ def inspect_adapter(path: str | Path, model_or_pipeline: Any = None, scale: floa
 def loaded_adapters(model: torch.nn.Module) -> set[str]:
     """Names of the LoRA adapters injected anywhere in ``model``."""
     return {name for m in model.modules() if hasattr(m, "lora_A") for name in m.lora_A.keys()}
+
+
+def adapter_layers(model: torch.nn.Module, adapter_name: str) -> dict[str, torch.nn.Module]:
+    """The peft LoRA layers of ``model`` that carry the adapter ``adapter_name``, by module name."""
+    return {n: m for n, m in model.named_modules() if adapter_name in getattr(m, "lora_A", {})}
 
 
 def load_adapter(model_or_pipeline: Any, path: str | Path, scale: float = 1.0, allow_partial: bool = False,
@@ -152,8 +158,8 @@ def _inject(model: torch.nn.Module, adapter: Adapter, rep: AdapterReport) -> Non
         raise AdapterError(f"{adapter.source}: peft did not place {len(stray)} tensors (first: {stray[:3]})", rep)
     if hasattr(model, "_hf_peft_config_loaded"):  # diffusers' flag for set_adapters / disable_adapters
         model._hf_peft_config_loaded = True
-    for m in model.modules():
-        if hasattr(m, "set_scale") and name in getattr(m, "lora_A", {}):
+    for m in adapter_layers(model, name).values():
+        if hasattr(m, "set_scale"):
             m.set_scale(name, rep.scale)  # what diffusers' set_adapters(weights=[scale]) does
 
 
@@ -177,8 +183,8 @@ def unload_adapter(model_or_pipeline: Any, adapter_name: str = DEFAULT_ADAPTER_N
 
 
 def _remove(model: torch.nn.Module, name: str) -> None:
-    for m in model.modules():
-        if hasattr(m, "delete_adapter") and name in getattr(m, "lora_A", {}):
+    for m in adapter_layers(model, name).values():
+        if hasattr(m, "delete_adapter"):
             m.delete_adapter(name)
     getattr(model, "peft_config", {}).pop(name, None)
 
@@ -186,7 +192,7 @@ def _remove(model: torch.nn.Module, name: str) -> None:
 def _check_applied(model: torch.nn.Module, adapter: Adapter, rep: AdapterReport) -> None:
     """Read every loaded tensor and scaling back from the model (field note 1: prove it)."""
     name = rep.adapter_name
-    patched = {n for n, m in model.named_modules() if name in getattr(m, "lora_A", {})}
+    patched = set(adapter_layers(model, name))
     wrong = sorted(patched ^ set(rep.matched))
     for m in rep.matched:
         if m in wrong:

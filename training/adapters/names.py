@@ -1,8 +1,9 @@
 """Module names of target models: per-family rename tables and a weight-free model description.
 
 Original checkpoints of a family (the official Wan repo; DiffSynth, ComfyUI and musubi-tuner
-files made from it) name modules differently from diffusers. Each family registers one table
-here; nothing else branches on the family.
+files made from it) name modules differently from diffusers. Each family has one table in
+:data:`NAME_TABLES` here; nothing else branches on the family. Also the module-name helpers the
+reader and the report share (natural sort, block index).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -33,20 +34,17 @@ class NameTable:
     model_classes: tuple[str, ...]
     pairs: tuple[tuple[str, str], ...]
 
-    def _compiled(self, reverse: bool) -> list[tuple[re.Pattern, str]]:
-        return _compile(self.pairs, reverse)
+    def _map(self, name: str, reverse: bool) -> Optional[str]:
+        for pat, repl in _compile(self.pairs, reverse):
+            if pat.match(name):
+                return pat.sub(repl, name)
+        return None
 
     def to_model(self, name: str) -> Optional[str]:
-        for pat, repl in self._compiled(reverse=False):
-            if pat.match(name):
-                return pat.sub(repl, name)
-        return None
+        return self._map(name, reverse=False)
 
     def to_original(self, name: str) -> Optional[str]:
-        for pat, repl in self._compiled(reverse=True):
-            if pat.match(name):
-                return pat.sub(repl, name)
-        return None
+        return self._map(name, reverse=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,13 +75,6 @@ _WAN = NameTable(
                    ("img_emb.proj.3", "condition_embedder.image_embedder.ff.net.2")]))
 
 NAME_TABLES: dict[str, NameTable] = {"wan": _WAN}
-
-
-def register_names(family: str, table: NameTable) -> None:
-    """Register the original<->diffusers module-name table of a model family."""
-    if family in NAME_TABLES:
-        raise ValueError(f"name table for {family!r} registered twice")
-    NAME_TABLES[family] = table
 
 
 def family_of(model_class: str) -> Optional[str]:
@@ -138,9 +129,23 @@ def _base_name(name: str) -> Optional[str]:
     return None if any(p in _PEFT_SEGMENTS for p in parts) else ".".join(parts)
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key putting blocks.2 before blocks.10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+_BLOCK = re.compile(r"^blocks[._](\d+)[._]")
+
+
+def block_index(name: str) -> Optional[int]:
+    """N of a module named ``blocks.N.`` (or kohya ``blocks_N_``), else None."""
+    m = _BLOCK.match(name)
+    return int(m.group(1)) if m else None
+
+
 def block_count(names: Iterable[str]) -> Optional[int]:
     """Number of ``blocks.N.`` (or kohya ``blocks_N_``) blocks named, from the highest index."""
-    idx = [int(m.group(1)) for n in names if (m := re.match(r"^blocks[._](\d+)[._]", n))]
+    idx = [i for n in names if (i := block_index(n)) is not None]
     return max(idx) + 1 if idx else None
 
 

@@ -13,33 +13,14 @@ import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import torch
 
 from ..checkpoint import config_hash
-from ..errors import LorabenchError
-from .names import block_count
-
-if TYPE_CHECKING:
-    from .formats import Adapter, ModuleLora
-    from .names import ModelInfo
-
-
-class AdapterError(LorabenchError, RuntimeError):
-    """The adapter cannot be read, does not fit the model, or has no effect."""
-
-    def __init__(self, message: str, report: Optional["AdapterReport"] = None):
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class KeyIssue:
-    name: str      # module name (model naming when resolved) or raw key
-    reason: str
-    rank: Optional[int] = None
-    alpha: Optional[float] = None
+from .errors import AdapterError, KeyIssue
+from .formats import Adapter, ModuleLora, checkable_targets, target_entries
+from .names import ModelInfo, block_count, block_index, natural_key
 
 
 @dataclass
@@ -143,16 +124,19 @@ class AdapterReport:
         """The partial-coverage gaps: which module types are adapted in which blocks, and where they are missing."""
         if not self.coverage:
             return ""
-        blocks = (f" (blocks: adapter {self.adapter_blocks or '-'}, model {self.model_blocks or '-'})"
-                  if self.adapter_blocks or self.model_blocks else "")
         rows = [("module type", "adapted in blocks", "missing in blocks")]
         rows += [(f"{g.container}.N.{g.module_type}", index_ranges(g.adapted), index_ranges(g.missing))
                  for g in self.coverage]
         widths = [max(len(r[c]) for r in rows) for c in range(2)]
         lines = [f"partial coverage: {len(self.coverage)} module types are adapted in some blocks but not in "
-                 f"others{blocks}; a complete adapter adapts each module type in every block that has it:"]
+                 f"others{self._blocks()}; a complete adapter adapts each module type in every block that has it:"]
         lines += ["  " + "  ".join(r[c].ljust(widths[c]) for c in range(2)) + "  " + r[2] for r in rows]
         return "\n".join(line.rstrip() for line in lines)
+
+    def _blocks(self) -> str:
+        if not (self.adapter_blocks or self.model_blocks):
+            return ""
+        return f" (blocks: adapter {self.adapter_blocks or '-'}, model {self.model_blocks or '-'})"
 
     def scaling(self, module: str) -> float:
         """Effective multiplier of B@A for ``module``: scale * alpha / r (alpha / sqrt(r) with rsLoRA)."""
@@ -171,11 +155,8 @@ class AdapterReport:
 
     def to_table(self, max_matched: Optional[int] = None) -> str:
         """Aligned text: a header, then problems first, then matched modules (up to ``max_matched``)."""
-        blocks = ""
-        if self.adapter_blocks or self.model_blocks:
-            blocks = f" (blocks: adapter {self.adapter_blocks or '-'}, model {self.model_blocks or '-'})"
         head = [("adapter", self.source), ("sha256", self.sha256), ("dialect", self.dialect),
-                ("model", (self.model or "none (inspected alone)") + blocks),
+                ("model", (self.model or "none (inspected alone)") + self._blocks()),
                 ("rank", value_counts(self.ranks) or "-"),
                 ("alpha", f"{value_counts(self.alphas) or '-'}  from {self.alpha_source or '-'}"
                           + ("  (rsLoRA: alpha/sqrt(r))" if self.use_rslora else "")),
@@ -220,11 +201,6 @@ def value_counts(values: dict[str, Any]) -> str:
     return ", ".join(f"{v:g} (x{n})" for v, n in c.most_common())
 
 
-def natural_key(name: str) -> list[Any]:
-    """Sort key putting blocks.2 before blocks.10."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
 def _shape(t: torch.Tensor) -> str:
     return "x".join(str(s) for s in t.shape)
 
@@ -237,13 +213,8 @@ def delta_norm(A: torch.Tensor, B: torch.Tensor, scaling: float) -> float:
     return abs(scaling) * math.sqrt(max(sq, 0.0))
 
 
-def _block(name: str) -> Optional[int]:
-    m = re.match(r"^blocks[._](\d+)[._]", name)
-    return int(m.group(1)) if m else None
-
-
-def _absent(name: str, model: "ModelInfo", adapter_blocks: Optional[int]) -> str:
-    idx = _block(name)
+def _absent(name: str, model: ModelInfo, adapter_blocks: Optional[int]) -> str:
+    idx = block_index(name)
     if idx is not None and model.blocks is not None and idx >= model.blocks:
         return (f"module `{name}` does not exist: the adapter has {adapter_blocks} blocks, "
                 f"the model {model.blocks}")
@@ -252,7 +223,7 @@ def _absent(name: str, model: "ModelInfo", adapter_blocks: Optional[int]) -> str
     return f"module `{name}` does not exist in {model.class_name}{hint}"
 
 
-def _problem(mod: "ModuleLora", model: Optional["ModelInfo"], adapter_blocks: Optional[int]) -> Optional[str]:
+def _problem(mod: ModuleLora, model: Optional[ModelInfo], adapter_blocks: Optional[int]) -> Optional[str]:
     if mod.problem:
         return mod.problem
     A, B = mod.A, mod.B
@@ -281,18 +252,16 @@ def _problem(mod: "ModuleLora", model: Optional["ModelInfo"], adapter_blocks: Op
     return None
 
 
-def _config_naming(adapter: "Adapter", model: "ModelInfo"):
+def _config_naming(adapter: Adapter, model: ModelInfo):
     """Module name as the adapter's config writes it (original family names when they were mapped)."""
     table = model.names if adapter.renamed_from else None
     return lambda name: (table.to_original(name) if table else None) or name
 
 
-def _missing(adapter: "Adapter", model: "ModelInfo", adapter_blocks: Optional[int],
+def _missing(adapter: Adapter, model: ModelInfo, adapter_blocks: Optional[int],
              uncovered: set[str]) -> list[KeyIssue]:
     """Modules the config targets that have no tensors (entries no tensor answers at all are reported as
     config/tensor disagreements instead, once)."""
-    from .formats import checkable_targets, target_entries
-
     cfg = adapter.config
     if not checkable_targets(cfg):  # all-linear depends on peft's output-layer rule
         return []
@@ -304,7 +273,7 @@ def _missing(adapter: "Adapter", model: "ModelInfo", adapter_blocks: Optional[in
         entries = [e for e in target_entries(cfg, naming(name), adapter.config_source) if e not in uncovered]
         if not entries:
             continue
-        idx = _block(name)
+        idx = block_index(name)
         why = (f": the adapter has {adapter_blocks} blocks, the model {model.blocks}"
                if idx is not None and adapter_blocks is not None and idx >= adapter_blocks else "")
         out.append(KeyIssue(name, f"targeted by `{entries[0]}` in {adapter.config_source}, but the file has no "
@@ -315,7 +284,7 @@ def _missing(adapter: "Adapter", model: "ModelInfo", adapter_blocks: Optional[in
 _IN_BLOCK = re.compile(r"^(?P<container>.+?)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
-def _coverage(adapter: "Adapter", model: "ModelInfo", already: set[str]) -> list[CoverageGap]:
+def _coverage(adapter: Adapter, model: ModelInfo, already: set[str]) -> list[CoverageGap]:
     """Module types the adapter adapts in some blocks of a repeated container but not in every block of
     the model that has them (modules already reported as missing are not counted twice)."""
     present = {n for n, m in adapter.modules.items() if m.is_lora and n in model.layers}
@@ -332,11 +301,9 @@ def _coverage(adapter: "Adapter", model: "ModelInfo", already: set[str]) -> list
     return sorted(gaps, key=lambda g: (natural_key(g.container), natural_key(g.module_type)))
 
 
-def _uncovered_targets(adapter: "Adapter", model: Optional["ModelInfo"], rep: "AdapterReport") -> set[str]:
+def _uncovered_targets(adapter: Adapter, model: Optional[ModelInfo], rep: AdapterReport) -> set[str]:
     """Sort the config's target entries that no tensor answers: a disagreement when they name modules of
     the model, a note when they name none (peft ignores those too) or when there is no model to ask."""
-    from .formats import target_entries
-
     out = set()
     naming = _config_naming(adapter, model) if model is not None else None
     for entry in adapter.uncovered_targets:
@@ -357,10 +324,9 @@ def _uncovered_targets(adapter: "Adapter", model: Optional["ModelInfo"], rep: "A
     return out
 
 
-def build_report(adapter: "Adapter", model: Optional["ModelInfo"], scale: float = 1.0,
+def build_report(adapter: Adapter, model: Optional[ModelInfo], scale: float = 1.0,
                  adapter_name: str = "lorabench") -> AdapterReport:
     """Match a normalised adapter against a model description (or describe it alone)."""
-    from .formats import checkable_targets  # formats imports this module
     rep = AdapterReport(source=str(adapter.source), sha256=adapter.sha256, dialect=adapter.dialect,
                         scale=scale, adapter_name=adapter_name, model=model.class_name if model else None,
                         alpha_source=adapter.alpha_sources(), use_rslora=adapter.use_rslora,
@@ -399,7 +365,7 @@ def build_report(adapter: "Adapter", model: Optional["ModelInfo"], scale: float 
     return rep
 
 
-def _base_model_note(adapter: "Adapter", model: "ModelInfo") -> Optional[str]:
+def _base_model_note(adapter: Adapter, model: ModelInfo) -> Optional[str]:
     """Compare the transformer config a lorabench checkpoint was trained on with this model's."""
     base = (adapter.manifest or {}).get("base_model") or {}
     want = base.get("transformer_config_sha256")

@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ..precision import compute_dtype
-from .load import DEFAULT_ADAPTER_NAME, denoiser
-from .report import AdapterError, AdapterReport, delta_norm
+from .errors import AdapterError
+from .load import DEFAULT_ADAPTER_NAME, adapter_layers, denoiser
+from .report import AdapterReport, delta_norm
 
 
 def weight_deltas(model: Any, adapter_name: str = DEFAULT_ADAPTER_NAME) -> dict[str, float]:
@@ -24,7 +25,7 @@ def weight_deltas(model: Any, adapter_name: str = DEFAULT_ADAPTER_NAME) -> dict[
     (every B matrix zero, or a zero scale).
     """
     model = denoiser(model)
-    layers = {n: m for n, m in model.named_modules() if adapter_name in getattr(m, "lora_A", {})}
+    layers = adapter_layers(model, adapter_name)
     if not layers:
         raise AdapterError(f"no module of {type(model).__name__} carries an adapter named {adapter_name!r}: "
                            "was it loaded (load_adapter) under that name?")
@@ -127,8 +128,7 @@ def delta_rtol(model: torch.nn.Module, adapter_name: str) -> float:
     the dtype the model holds them in (identical when that is the file's dtype). Rounding each
     element to relative eps/2 moves a norm of B @ A by at most ~eps; 4 eps leaves room.
     """
-    dtypes = {m.lora_A[adapter_name].weight.dtype for m in model.modules()
-              if adapter_name in getattr(m, "lora_A", {})}
+    dtypes = {m.lora_A[adapter_name].weight.dtype for m in adapter_layers(model, adapter_name).values()}
     return 4 * max((torch.finfo(d).eps for d in dtypes), default=torch.finfo(torch.float32).eps)
 
 

@@ -23,7 +23,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -36,10 +36,10 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs  # noqa: E402
 from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
 
-from .checkpoint import CheckpointError  # noqa: E402
-from .config import ConfigError, RunConfig  # noqa: E402
-from .engine import Engine, world_from_env  # noqa: E402
-from .runtime import Precision  # noqa: E402
+from ..checkpoint import CheckpointError  # noqa: E402
+from ..config import ConfigError  # noqa: E402
+from ..runtime import Precision  # noqa: E402
+from .base import Engine, EngineSettings, NamedParams, world_from_env  # noqa: E402
 
 DEEPSPEED_DIR = "deepspeed"
 _DS_TAG = "state"
@@ -59,14 +59,14 @@ def _ensure_dist_env() -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
 
 
-def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config: the JSON file (or stage 0), with every "auto" filled from ``cfg``.
+def resolve_deepspeed_config(settings: EngineSettings, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config: the JSON file (or stage 0), with every "auto" filled from the run's settings.
 
     Values that the run config owns (batch size, accumulation, clipping, precision) must be
     "auto" or agree with it; the optimizer and LR schedule come from ``optim.*``, so DeepSpeed
     ``optimizer``/``scheduler`` sections are refused rather than silently ignored.
     """
-    src = cfg.deepspeed.config
+    src = settings.deepspeed_config
     if src:
         path = Path(src)
         if not path.is_file():
@@ -84,14 +84,14 @@ def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
             raise ConfigError(f"{src}: remove the '{section}' section; lorabench builds AdamW from optim.* "
                               f"and sets the learning rate from optim.schedule every step")
     zero = ds.setdefault("zero_optimization", {})
-    if cfg.deepspeed.zero_stage is not None:
-        zero["stage"] = cfg.deepspeed.zero_stage
+    if settings.zero_stage is not None:
+        zero["stage"] = settings.zero_stage
     zero.setdefault("stage", 0)
-    t, mp = cfg.train, cfg.model.mixed_precision
+    t, mp = settings, settings.mixed_precision
     owned = {
         "train_micro_batch_size_per_gpu": (t.batch_size, "train.batch_size"),
         "gradient_accumulation_steps": (t.grad_accum, "train.grad_accum"),
-        "gradient_clipping": (cfg.optim.max_grad_norm or 0.0, "optim.max_grad_norm"),
+        "gradient_clipping": (t.max_grad_norm or 0.0, "optim.max_grad_norm"),
         "train_batch_size": (t.batch_size * t.grad_accum * world_size,
                              "train.batch_size x train.grad_accum x workers"),
     }
@@ -126,11 +126,11 @@ def resolve_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
 class AccelerateEngine(Engine):
     kind = "deepspeed"
 
-    def __init__(self, cfg: RunConfig, device: torch.device, precision: Precision) -> None:
-        super().__init__(cfg, device, precision)
+    def __init__(self, settings: EngineSettings, device: torch.device, precision: Precision) -> None:
+        super().__init__(settings, device, precision)
         _ensure_dist_env()
         self.rank, self.local_rank, self.world_size = world_from_env()
-        self.ds_config = resolve_deepspeed_config(cfg, self.world_size)
+        self.ds_config = resolve_deepspeed_config(settings, self.world_size)
         self.stage = int(self.ds_config["zero_optimization"]["stage"])
         backend = "nccl" if device.type == "cuda" else "gloo"
         plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config)
@@ -139,7 +139,7 @@ class AccelerateEngine(Engine):
         mixed = "fp16" if precision.name == "fp16" else "no"
         # cpu=False even on CPU: accelerate's cpu=True silently drops the DeepSpeed plugin.
         self.acc = Accelerator(cpu=False, deepspeed_plugin=plugin, mixed_precision=mixed,
-                               gradient_accumulation_steps=cfg.train.grad_accum,
+                               gradient_accumulation_steps=settings.grad_accum,
                                kwargs_handlers=[InitProcessGroupKwargs(
                                    backend=backend, timeout=datetime.timedelta(minutes=30))])
         self.device = self.acc.device
@@ -191,7 +191,7 @@ class AccelerateEngine(Engine):
         norm = self.ds_engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def adapter_state(self, named: Callable[[], list[tuple[str, torch.nn.Parameter]]]) -> dict[str, torch.Tensor]:
+    def adapter_state(self, named: NamedParams) -> dict[str, torch.Tensor]:
         out = {}
         for key, p in named():
             # The fp32 master, full size, on every rank (collective under ZeRO >= 1).
