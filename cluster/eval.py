@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from eval.config import EvalConfig, load_eval_config
 from eval.generation import Plan
+from eval.worker import SampleWorker, TaskResult
 from training.config import ConfigError
 from training.console import quiet_third_party
 from training.errors import run_entry, split_debug_flag
@@ -24,12 +25,10 @@ from training.errors import run_entry, split_debug_flag
 log = logging.getLogger("lorabench.cluster")
 
 
-def ray_executor(plan: Plan, on_done: Callable[[dict[str, Any]], None]) -> None:
+def ray_executor(plan: Plan, on_done: Callable[[TaskResult], None]) -> None:
     """Run the plan's tasks on ``parallel.num_workers`` actors (Ray must be connected)."""
     import ray
     from ray.util import ActorPool
-
-    from eval.worker import SampleWorker
 
     if not plan.tasks:
         return
@@ -101,9 +100,9 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     import ray
 
     from cluster.train import check_resources, connect
-    info = connect(cfg)  # type: ignore[arg-type]  (reads cfg.parallel only, same fields)
+    info = connect(cfg.parallel)
     try:
-        slots = check_resources(cfg)  # type: ignore[arg-type]
+        slots = check_resources(cfg.parallel)
         print(f"Ray cluster {info.address}: {slots['nodes']} node(s), room for {slots['worker_slots']} "
               f"actor(s); dashboard: {info.dashboard_url or 'not available'}; metrics on the "
               f"{'driver' if placement == 'driver' else 'GPU nodes (Ray task)'}", flush=True)

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from training.config import ConfigError, Section, describe_fields, load_typed
+from training.config import ConfigError, ParallelSettings, Section, describe_fields, load_typed
 
 
 class EvalModelConfig(Section):
@@ -99,12 +99,9 @@ class SamplingConfig(Section):
                           "at a time (needs CUDA).")
 
 
-class EvalParallelConfig(Section):
-    backend: Literal["ray", "none"] = Field("ray", description="'ray': a pool of actors; 'none': this process.")
-    num_workers: int = Field(1, ge=1, le=4096, description="Actors, each holding one pipeline.")
-    use_gpu: bool = Field(False, description="One GPU per actor.")
-    cpus_per_worker: int = Field(1, ge=1, description="CPUs per actor (also its torch thread count).")
-    ray_address: Optional[str] = Field(None, description="Join this Ray cluster; null: RAY_ADDRESS or a local one.")
+class EvalParallelConfig(ParallelSettings):
+    backend: Literal["ray", "none"] = Field("ray", description="'ray': a pool of actors, each holding one "
+                                            "pipeline; 'none': this process.")
 
 
 class ClipMetricConfig(Section):

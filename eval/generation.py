@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 from pydantic import ValidationError
 
-from training.checkpoint import sha256_file
 from training.config import ConfigError, format_errors
 from training.console import progress as progress_bar
+from training.fsio import sha256_file, sha256_json
 from training.generate import SamplingSettings
 from training.models import spec_for_folder
 from training.models.base import CARD_FIELDS
@@ -28,10 +28,10 @@ from training.outputs import check_writable_dir
 from training.precision import ComponentDtypes
 
 from .config import EvalConfig
-from .manifest import EvalLayout, ManifestRow, build_manifest, stable_hash, write_json_atomic, write_jsonl
-from .prompts import Prompt, PromptSkip, check_lengths, load_prompts, token_counts
+from .manifest import EvalInfo, EvalLayout, ManifestRow, build_manifest, write_json_atomic, write_jsonl
+from .prompts import Prompt, check_lengths, load_prompts, token_counts
 from .variants import Variant, resolve_variants
-from .worker import SampleWorker, WorkerSettings
+from .worker import SampleWorker, TaskResult, WorkerSettings
 
 log = logging.getLogger("lorabench.eval")
 
@@ -42,23 +42,25 @@ MAX_CHUNK = 8
 
 @dataclass
 class Task:
-    variant: dict[str, Any]
-    rows: list[dict[str, Any]]
+    variant: Variant
+    rows: list[ManifestRow]   # all of ``variant``
 
 
 @dataclass
 class Plan:
     cfg: EvalConfig
     layout: EvalLayout
-    variants: list[Variant]
+    info: EvalInfo            # what eval.json holds: the results are made from it, not from the file
     rows: list[ManifestRow]
     settings: WorkerSettings
-    skipped_prompts: list[PromptSkip]
-    config_hash: str
     done: int = 0
     redo: dict[str, int] = field(default_factory=dict)   # reason -> count of stale samples redone
     tasks: list[Task] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)  # host/device/threads of each worker seen
+
+    @property
+    def variants(self) -> list[Variant]:
+        return self.info.variants
 
     @property
     def pending(self) -> int:
@@ -66,7 +68,7 @@ class Plan:
 
 
 class Executor(Protocol):
-    def __call__(self, plan: Plan, on_done: Callable[[dict[str, Any]], None]) -> None:
+    def __call__(self, plan: Plan, on_done: Callable[[TaskResult], None]) -> None:
         """Run every task of ``plan``; call ``on_done`` with each task's result as it finishes."""
 
 
@@ -101,7 +103,7 @@ def make_plan(cfg: EvalConfig) -> Plan:
     problems = spec.geometry(cfg.model.path).check(s.width, s.height, s.frames)
     if problems:
         raise ConfigError("invalid sampling shape:\n  " + "\n  ".join(p.replace("data.", "sampling.") for p in problems))
-    from .metrics.compute import check_inputs
+    from .metrics.pipeline import check_inputs
     check_inputs(cfg)
     variants = resolve_variants(cfg)
     for v in variants:
@@ -127,16 +129,14 @@ def make_plan(cfg: EvalConfig) -> Plan:
     settings_data.pop("offload")          # where components live does not change pixels
     settings = WorkerSettings(
         model_path=str(Path(cfg.model.path).resolve()), sampling=sampling,
-        device="cuda" if cfg.parallel.use_gpu else s.device, threads=cfg.parallel.cpus_per_worker,
-        settings_hash=stable_hash(settings_data))
+        device="cuda" if cfg.parallel.use_gpu else s.device, threads=cfg.parallel.threads,
+        settings_hash=sha256_json(settings_data))
     layout = EvalLayout(cfg.out_dir.resolve())
-    plan = Plan(cfg, layout, variants, rows, settings, skipped, stable_hash(cfg.to_dict()))
-    write_json_atomic(layout.info, {
-        "config": cfg.to_dict(), "config_hash": plan.config_hash, "settings_hash": settings.settings_hash,
-        "sampling": sampling.to_dict(),
-        "variants": [v.to_dict() for v in variants], "skipped_prompts": [vars(p) for p in skipped],
-        "truncated_prompts": [vars(p) for p in truncated],
-        "family": spec.name, "modality": spec.modality})
+    info = EvalInfo(config=cfg.to_dict(), config_hash=sha256_json(cfg.to_dict()),
+                    settings_hash=settings.settings_hash, sampling=sampling.to_dict(), variants=variants,
+                    skipped_prompts=skipped, truncated_prompts=truncated, family=spec.name, modality=spec.modality)
+    plan = Plan(cfg, layout, info, rows, settings)
+    write_json_atomic(layout.info, info.to_dict())
     write_jsonl(layout.manifest, (r.to_dict() for r in rows))
     _schedule(plan, spec.modality)
     return plan
@@ -145,7 +145,7 @@ def make_plan(cfg: EvalConfig) -> Plan:
 def _schedule(plan: Plan, modality: str) -> None:
     ext = "mp4" if modality == "video" else "png"
     by_variant = {v.name: v for v in plan.variants}
-    pending: dict[str, list[dict[str, Any]]] = {}
+    pending: dict[str, list[ManifestRow]] = {}
     for row in plan.rows:
         reason = _stale(plan, by_variant[row.variant], row, ext)
         if reason is None:
@@ -153,14 +153,14 @@ def _schedule(plan: Plan, modality: str) -> None:
             continue
         if reason != "missing":
             plan.redo[reason] = plan.redo.get(reason, 0) + 1
-        pending.setdefault(row.variant, []).append(row.to_dict())
+        pending.setdefault(row.variant, []).append(row)
     workers = plan.cfg.parallel.num_workers
     for v in plan.variants:  # manifest order: a worker keeps one adapter for consecutive tasks
         todo = pending.get(v.name, [])
         if not todo:
             continue
         size = max(1, min(MAX_CHUNK, math.ceil(len(todo) / workers)))
-        plan.tasks += [Task(v.to_dict(), todo[i:i + size]) for i in range(0, len(todo), size)]
+        plan.tasks += [Task(v, todo[i:i + size]) for i in range(0, len(todo), size)]
 
 
 def _stale(plan: Plan, variant: Variant, row: ManifestRow, ext: str) -> Optional[str]:
@@ -183,7 +183,7 @@ def _stale(plan: Plan, variant: Variant, row: ManifestRow, ext: str) -> Optional
     return None
 
 
-def run_local(plan: Plan, on_done: Callable[[dict[str, Any]], None]) -> None:
+def run_local(plan: Plan, on_done: Callable[[TaskResult], None]) -> None:
     """The in-process executor (parallel.backend=none): one worker, tasks in order."""
     if not plan.tasks:
         return
@@ -201,12 +201,12 @@ def generate(plan: Plan, executor: Executor = run_local, progress: bool = True) 
              len(plan.rows), plan.done, plan.pending, len(plan.tasks))
     bar = progress_bar(total=plan.pending, desc="generate", unit="sample", disable=not progress or not plan.pending)
 
-    def on_done(result: dict[str, Any]) -> None:
-        if result.get("proof"):
-            write_json_atomic(plan.layout.proof(result["proof"]["variant"]), result["proof"])
-        if result.get("worker") and result["worker"] not in plan.workers:
-            plan.workers.append(result["worker"])
-        bar.update(len(result["records"]))
+    def on_done(result: TaskResult) -> None:
+        if result.proof:
+            write_json_atomic(plan.layout.proof(result.proof["variant"]), result.proof)
+        if result.worker and result.worker not in plan.workers:
+            plan.workers.append(result.worker)
+        bar.update(len(result.records))
 
     try:
         executor(plan, on_done)

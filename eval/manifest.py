@@ -15,17 +15,14 @@ are compared on the same noise, and independent of worker count and order.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from training import fsio
-from training.fsio import atomic_write_text
 from training.seeding import sample_seed
 
-from .prompts import Prompt
+from .prompts import Prompt, PromptSkip
 from .variants import Variant
 
 
@@ -94,9 +91,40 @@ class EvalLayout:
         return self.root / "features" / extractor / f"{group}.safetensors"
 
 
+@dataclass
+class EvalInfo:
+    """``eval.json``: what the plan decided before any model loaded; the results and
+    ``eval metrics --from DIR`` read it back."""
+
+    config: dict[str, Any]           # the resolved config (sampling defaults filled in)
+    config_hash: str
+    settings_hash: str               # of everything that changes pixels
+    sampling: dict[str, Any]
+    variants: list[Variant]
+    skipped_prompts: list[PromptSkip]
+    truncated_prompts: list[PromptSkip]
+    family: Optional[str]
+    modality: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "config_hash": self.config_hash, "settings_hash": self.settings_hash,
+                "sampling": self.sampling, "variants": [v.to_dict() for v in self.variants],
+                "skipped_prompts": [vars(p) for p in self.skipped_prompts],
+                "truncated_prompts": [vars(p) for p in self.truncated_prompts],
+                "family": self.family, "modality": self.modality}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalInfo":
+        return cls(config=d["config"], config_hash=d["config_hash"], settings_hash=d["settings_hash"],
+                   sampling=d.get("sampling", {}), variants=[Variant.from_dict(v) for v in d["variants"]],
+                   skipped_prompts=[PromptSkip(**p) for p in d.get("skipped_prompts", [])],
+                   truncated_prompts=[PromptSkip(**p) for p in d.get("truncated_prompts", [])],
+                   family=d.get("family"), modality=d["modality"])
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write-then-rename, so a crash never leaves a half-written JSON a resumed eval would trust."""
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    fsio.atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -113,7 +141,3 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         raise fsio.CorruptFileError(f"{path}:{line}: not valid JSON ({fragment!r}...); this file is written whole, "
                                     "so it was damaged afterwards: restore it or delete the eval folder to start over")
     return contents.records
-
-
-def stable_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

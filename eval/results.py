@@ -13,13 +13,18 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from training.checkpoint import config_hash
+from training.fsio import atomic_write_text
 
 from .config import EvalConfig, load_eval_config
-from .manifest import EvalLayout, read_jsonl, write_json_atomic
+from .manifest import EvalInfo, EvalLayout, read_jsonl, write_json_atomic
 from .metrics.base import MetricResult
+
+if TYPE_CHECKING:
+    from .generation import Plan
+    from .metrics.pipeline import EvalMetrics
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,28 +69,31 @@ def model_identity(path: str, revision: Optional[str]) -> dict[str, Any]:
             "denoiser_config_sha256": config_hash(tr) if tr else None}
 
 
-def finish(plan: Any, records: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
+def finish(plan: Plan, records: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
     """After generation: metrics (if enabled), results.json and results.md; returns the body."""
-    info = json.loads(plan.layout.info.read_text())
-    return write_results(plan.cfg, plan.layout, info, records, plan.workers, progress=progress)
+    return write_results(plan.cfg, plan.layout, plan.info, records, plan.workers, progress=progress)
 
 
-def write_results(cfg: EvalConfig, layout: EvalLayout, info: dict[str, Any], records: list[dict[str, Any]],
+def _metrics(cfg: EvalConfig, layout: EvalLayout, info: EvalInfo, records: list[dict[str, Any]],
+             progress: bool) -> EvalMetrics:
+    from .metrics.pipeline import EvalMetrics, compute_metrics
+    if not cfg.metrics.enabled:
+        return EvalMetrics()
+    return compute_metrics(cfg, layout, info.modality, info.variants, records, progress=progress)
+
+
+def write_results(cfg: EvalConfig, layout: EvalLayout, info: EvalInfo, records: list[dict[str, Any]],
                   workers: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
-    variants = info["variants"]
-    metrics: dict[str, Any] = {"variants": {}, "reference": None, "per_sample": {}}
-    if cfg.metrics.enabled:
-        from .metrics.compute import compute_metrics
-        metrics = compute_metrics(cfg, layout, info, records, progress=progress)
+    metrics = _metrics(cfg, layout, info, records, progress)
     per_variant = {}
-    for v in variants:
-        vm = metrics["variants"].get(v["name"], {})
-        proof = layout.proof(v["name"])
-        per_variant[v["name"]] = {
-            "adapter": v["adapter"], "sha256": v["sha256"], "scale": v["scale"], "step": v["step"],
-            "group": v.get("group"), "warnings": v.get("warnings", []),
+    for v in info.variants:
+        vm = metrics.variants.get(v.name, {})
+        proof = layout.proof(v.name)
+        per_variant[v.name] = {
+            "adapter": v.adapter, "sha256": v.sha256, "scale": v.scale, "step": v.step,
+            "group": v.group, "warnings": list(v.warnings),
             "proof": json.loads(proof.read_text()) if proof.is_file() else None,
-            "n_samples": sum(1 for r in records if r["variant"] == v["name"]),
+            "n_samples": sum(1 for r in records if r["variant"] == v.name),
             "metrics": {k: m.to_dict() for k, m in vm.items()}}
     base = per_variant.get("base")
     if base:
@@ -93,20 +101,19 @@ def write_results(cfg: EvalConfig, layout: EvalLayout, info: dict[str, Any], rec
             pv["delta_vs_base"] = {k: m["value"] - base["metrics"][k]["value"] for k, m in pv["metrics"].items()
                                    if name != "base" and m["value"] is not None and k in base["metrics"]
                                    and base["metrics"][k]["value"] is not None}
-    per_sample = metrics.get("per_sample", {})
-    samples = [dict(r, metrics=per_sample.get(r["variant"], {}).get(r["sample_id"], {})) for r in records]
+    samples = [dict(r, metrics=metrics.per_sample.get(r["variant"], {}).get(r["sample_id"], {})) for r in records]
     body = {
         "schema": SCHEMA_VERSION, "eval": cfg.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_state(), "config_hash": info["config_hash"], "settings_hash": info["settings_hash"],
+        "git": git_state(), "config_hash": info.config_hash, "settings_hash": info.settings_hash,
         "config": cfg.to_dict(), "model": {**model_identity(cfg.model.path, cfg.model.revision),
-                                           "family": info.get("family"), "modality": info.get("modality")},
+                                           "family": info.family, "modality": info.modality},
         "seed": cfg.seed, "samples_per_prompt": cfg.prompts.samples_per_prompt,
-        "skipped_prompts": info.get("skipped_prompts", []),
+        "skipped_prompts": [vars(p) for p in info.skipped_prompts],
         "hardware": hardware(workers), "libraries": library_versions(),
-        "reference": metrics.get("reference"), "variants": per_variant, "samples": samples}
+        "reference": metrics.reference, "variants": per_variant, "samples": samples}
     write_json_atomic(layout.results, body)
-    layout.report.write_text(markdown(body))
+    atomic_write_text(layout.report, markdown(body))
     return body
 
 
@@ -117,8 +124,8 @@ def recompute(eval_dir: str | Path, overrides: Optional[list[str]] = None, progr
         from training.config import ConfigError
         raise ConfigError(f"{layout.root} is not a finished eval folder (needs eval.json and records.jsonl); "
                           "run the eval first: lorabench eval CONFIG")
-    info = json.loads(layout.info.read_text())
-    cfg = load_eval_config(None, overrides, base=info["config"])
+    info = EvalInfo.from_dict(json.loads(layout.info.read_text()))
+    cfg = load_eval_config(None, overrides, base=info.config)
     old = json.loads(layout.results.read_text()) if layout.results.is_file() else {}
     return write_results(cfg, layout, info, read_jsonl(layout.records),
                          old.get("hardware", {}).get("workers", []), progress=progress)

@@ -36,12 +36,12 @@ class Variant:
     allow_inconsistent: bool = False  # load it although its config disagrees with its tensors
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def is_base(self) -> bool:
-        return self.adapter is None
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Variant":
+        return cls(**d)
 
 
 def resolve_variants(cfg: EvalConfig) -> list[Variant]:

@@ -6,7 +6,6 @@ Initial noise is drawn on CPU from the sample's own generator, so the result dep
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,7 +18,8 @@ import torch
 
 from .adapters import AdapterReport, load_adapter, verify_effect
 from .adapters.report import value_counts
-from .media_io import to_uint8, write_mp4, write_png
+from .fsio import atomic_write_bytes, sha256_bytes
+from .media_io import encode_sample, media_extension, to_uint8
 from .config import ConfigError
 from .data.captions import describe_over, long_caption_verdict
 from .errors import MissingFileError
@@ -278,11 +278,11 @@ def render(pipe: Any, spec: ModelSpec, prompt: str, seed: int, settings: Samplin
 
 def pixels_sha256(pixels: np.ndarray) -> str:
     """sha256 of the raw uint8 output, before any lossy encoding: compares samples across runs."""
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    return sha256_bytes(np.ascontiguousarray(pixels).tobytes())
 
 
 def write_sample(pixels: np.ndarray, spec: ModelSpec, stem: Path, fps: int) -> Path:
-    """``stem``.mp4 (video) or ``stem``.png (image)."""
-    if spec.modality == "video":
-        return write_mp4(pixels, stem.with_suffix(".mp4"), fps=fps)
-    return write_png(pixels, stem.with_suffix(".png"))
+    """``stem``.mp4 (video) or ``stem``.png (image), written atomically."""
+    path = stem.with_suffix("." + media_extension(spec.modality))
+    atomic_write_bytes(path, encode_sample(pixels, spec.modality, fps))
+    return path

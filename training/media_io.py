@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
@@ -48,14 +47,6 @@ def encode_mp4(frames: np.ndarray, fps: int = 16, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 18) -> Path:
-    """Write (F, H, W, 3) frames as an H.264 mp4 (see ``encode_mp4``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_mp4(frames, fps=fps, crf=crf))
-    return path
-
-
 def encode_png(image: np.ndarray) -> bytes:
     """Lossless PNG bytes of an (H, W, 3) image (Pillow writes no timestamps)."""
     from PIL import Image
@@ -65,8 +56,12 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_png(image: np.ndarray, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(image))
-    return path
+def media_extension(modality: str) -> str:
+    """File extension of a generated sample: mp4 for video, png for images."""
+    return "mp4" if modality == "video" else "png"
+
+
+def encode_sample(pixels: np.ndarray, modality: str, fps: int) -> bytes:
+    """A generated sample as file bytes: H.264 mp4 for (F, H, W, 3) video, PNG for an (H, W, 3) image."""
+    return encode_mp4(pixels, fps=fps) if modality == "video" else encode_png(pixels)
+

@@ -1,10 +1,12 @@
-"""The one result type every metric returns, and the shared rules for small-sample warnings."""
+"""The one result type every metric returns, and the small rules metrics share: small-sample
+warnings, which frames of a video a per-image metric reads, L2 normalisation of embeddings."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
+
+import numpy as np
 
 
 @dataclass
@@ -68,5 +70,21 @@ def small_sample_warnings(metric: str, n: int, dim: int, n_ref: Optional[int] = 
     return out
 
 
-def finite_or_none(x: float) -> Optional[float]:
-    return float(x) if x is not None and math.isfinite(x) else None
+def frame_indices(num_frames: int, k: int = 8) -> np.ndarray:
+    """``k`` evenly spaced frame indices, ``np.linspace(0, F-1, k).round()``; all frames when F <= k.
+
+    (numpy rounds halves to even.) CLIP score and FID read a video's frames this way.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if k < 1:
+        raise ValueError(f"frames per video must be >= 1, got {k}")
+    if num_frames <= k:
+        return np.arange(num_frames)
+    return np.linspace(0, num_frames - 1, k).round().astype(np.int64)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)

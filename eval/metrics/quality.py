@@ -19,12 +19,17 @@ turns per-sample numbers into a :class:`MetricResult` (mean and bootstrap interv
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from .base import MetricResult
 from .bootstrap import DEFAULT_BOOTSTRAP, mean_with_ci
+from .spec import Batch, Extractor, Features, MetricInputs, MetricSpec
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 
 # ITU-R BT.601 luma weights (what PIL "L" and OpenCV RGB2GRAY use).
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -109,3 +114,63 @@ def aggregate(name: str, per_sample_values: Any, details: Optional[dict[str, Any
         warnings.append(f"{name}: 1 sample, no interval")
     return MetricResult(name=name, value=value if math.isfinite(value) else None, n=len(finite), ci95=ci,
                         details=out_details, warnings=warnings)
+
+
+# ----------------------------------------------------------------------------- in the metric registry
+
+#: what each per-sample value is; part of the feature cache key (bump ``version`` when one changes)
+DEFINITIONS = {"sharpness": "var(Laplacian 3x3) of BT.601 luma, valid region",
+               "psnr": "torchmetrics PeakSignalNoiseRatio(data_range=255)",
+               "ssim": "torchmetrics SSIM (gaussian 11, sigma 1.5, data_range=255)", "version": 1}
+
+
+def _paired_reference(path: str, media: np.ndarray) -> np.ndarray:
+    """The prompt's paired real media at the sample's size and length (decoded like training data)."""
+    from training.data.decode import BadSample
+
+    from ..media import MediaError, decode_like_training
+    video = media.ndim == 4
+    frames, height, width = (media.shape[:3] if video else (1, *media.shape[:2]))
+    try:
+        return decode_like_training(Path(path).read_bytes(), "video" if video else "image", width, height, frames)
+    except BadSample as e:
+        raise MediaError(f"paired reference {path}: {e}") from None
+
+
+def _values(batch: Batch) -> dict[str, np.ndarray]:
+    sharp, ps, ss = [], [], []
+    for _, media, rec in batch:
+        sharp.append(sharpness(media))
+        ref = rec.get("reference") if isinstance(rec, dict) else None
+        if ref:
+            real = _paired_reference(ref, media)
+            ps.append(psnr(media, real))
+            ss.append(ssim(media, real))
+        else:
+            ps.append(np.nan)
+            ss.append(np.nan)
+    return {"sharpness": np.asarray(sharp), "psnr": np.asarray(ps), "ssim": np.asarray(ss)}
+
+
+def _extractor(cfg: EvalConfig, device: str, modality: str) -> Extractor:
+    return Extractor(dict(DEFINITIONS), _values)
+
+
+def _compute(x: MetricInputs) -> dict[str, MetricResult]:
+    q, out = x.features.arrays, {}
+    if x.settings.sharpness:
+        out["sharpness"] = aggregate("sharpness", q["sharpness"], {"definition": DEFINITIONS["sharpness"]},
+                                     n_boot=x.n_boot, seed=x.seed)
+    if np.isfinite(q["psnr"]).any():   # only prompts with a paired reference have one
+        for name in ("psnr", "ssim"):
+            out[name] = aggregate(name, q[name], {"definition": DEFINITIONS[name], "vs": "paired reference"},
+                                  n_boot=x.n_boot, seed=x.seed)
+    return out
+
+
+def _per_sample(feats: Features) -> dict[str, np.ndarray]:
+    return {name: feats.arrays[name] for name in ("sharpness", "psnr", "ssim")}
+
+
+SPEC = MetricSpec(key="quality", names=("sharpness", "psnr", "ssim"), features=("sharpness", "psnr", "ssim"),
+                  extractor=_extractor, compute=_compute, per_sample=_per_sample)

@@ -64,7 +64,7 @@ def make_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from .clip import RANDOM_FLAG, image_processor_class
+    from .clip_model import RANDOM_FLAG, image_processor_class
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

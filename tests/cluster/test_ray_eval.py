@@ -5,9 +5,9 @@ import json
 import pytest
 from safetensors.torch import load_file, save_file
 
-from ..eval.test_generation import eval_cfg, media_bytes
+from ..eval.conftest import eval_cfg, media_bytes
 
-pytestmark = pytest.mark.slow  # real multi-process clusters: outside the quick tier
+pytestmark = pytest.mark.distributed  # real multi-process clusters: outside the quick tier
 
 
 def test_one_and_two_actors_write_identical_samples(local_ray, tiny_wan, tiny_wan_run, tmp_path):

@@ -10,9 +10,9 @@ import os
 import pytest
 
 from ..conftest import REPO
-from ..eval.test_generation import eval_cfg
+from ..eval.conftest import eval_cfg
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # an unplaceable task would wait forever
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]  # an unplaceable task would wait forever
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics.clip import (ClipModel, clip_cosine, clip_score, frame_indices, temporal_consistency,
-                               temporal_consistency_result)
+from eval.metrics.base import frame_indices
+from eval.metrics.clip import clip_cosine, clip_score, temporal_consistency, temporal_consistency_result
+from eval.metrics.clip_model import ClipModel
 from eval.metrics.tiny import make_tiny_clip
 
 PROMPTS = ["a cat", "a dog on the beach", "red car at night", "a photo of a horse in the snow",

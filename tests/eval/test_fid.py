@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics.fid import InceptionExtractor, _resize_bilinear_tf1, fid, kid
+from eval.metrics.fid import fid, kid
 from eval.metrics.frechet import gaussian_stats
+from eval.metrics.inception import InceptionExtractor, _resize_bilinear_tf1
 
 DIM = 16
 

@@ -4,32 +4,13 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from training.seeding import sample_seed
 
 from ..conftest import CONFIGS
-
-TINY_EVAL = CONFIGS / "eval" / "tiny-wan.yaml"
-PROMPTS = "a red circle moving left\na blue square moving up\n"
-
-
-def eval_cfg(tiny_wan, tmp_path, *overrides, prompts=PROMPTS, run=None):
-    from eval.config import load_eval_config
-    pfile = tmp_path / "prompts.txt"
-    if not pfile.exists():
-        pfile.write_text(prompts)
-    adapters = f"variants.adapters=[{run}]" if run else "variants.adapters=[]"
-    return load_eval_config(TINY_EVAL, [f"model.path={tiny_wan}", f"output_dir={tmp_path / 'evals'}",
-                                        f"prompts.file={pfile}", adapters, "reference.shards=null",
-                                        "parallel.backend=none", "metrics.enabled=false", "sampling.steps=3",
-                                        *overrides])
-
-
-def media_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "samples").rglob("*.mp4"))}
+from .conftest import eval_cfg, media_bytes
 
 
 def test_manifest_seeds_depend_only_on_prompt_and_repeat(tiny_wan, tiny_wan_run, tmp_path):

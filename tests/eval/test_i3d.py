@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics.fvd import I3DExtractor, fvd, fvd_frame_indices, fvd_unavailable, preprocess_video
+from eval.metrics.fvd import fvd, fvd_unavailable
 from eval.metrics.i3d import (InceptionI3d, TorchScriptI3D, load_i3d, random_i3d, save_random_i3d,
                               save_torchscript_i3d)
+from eval.metrics.i3d_extractor import I3DExtractor, fvd_frame_indices, preprocess_video
 from eval.metrics.tiny import make_random_i3d
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from .test_generation import eval_cfg
-
-
-@pytest.fixture(scope="session")
-def tiny_metric_models(tmp_path_factory):
-    from eval.metrics.tiny import make_tiny_metrics
-    return make_tiny_metrics(tmp_path_factory.mktemp("metric-models"))
+from .conftest import eval_cfg
 
 
 @pytest.fixture(scope="session")
@@ -174,14 +168,14 @@ def test_reference_problems_are_named(tiny_wan, tiny_metric_models, tmp_path):
 
 def test_prompt_over_clip_limit_stops_before_extraction_unless_truncation_is_asked(tiny_wan, tiny_metric_models, tmp_path):
     from eval.config import ConfigError
-    from eval.metrics.compute import build_stages
+    from eval.metrics.pipeline import build_stages
     long = " ".join(["a red circle moving left"] * 20)
     records = [{"prompt_id": "long", "prompt": long}, {"prompt_id": "ok", "prompt": "a blue square"}]
     cfg = eval_cfg(tiny_wan, tmp_path, f"metrics.clip.path={tiny_metric_models['clip']}", "metrics.fvd.i3d_path=null")
-    clip = next(s for s in build_stages(cfg, "video")[0] if s.key == "clip")
+    clip = next(ex for spec, ex in build_stages(cfg, "video")[0] if spec.key == "clip")
     with pytest.raises(ConfigError, match="1 prompt\\(s\\) exceed CLIP's 77-token limit .*'long'.*metrics.clip.truncate"):
         clip.precheck(records)
     cfg = eval_cfg(tiny_wan, tmp_path, f"metrics.clip.path={tiny_metric_models['clip']}", "metrics.fvd.i3d_path=null",
                    "metrics.clip.truncate=true")
-    clip = next(s for s in build_stages(cfg, "video")[0] if s.key == "clip")
+    clip = next(ex for spec, ex in build_stages(cfg, "video")[0] if spec.key == "clip")
     assert clip.precheck(records) == ["clip_score: 1 prompt(s) truncated to 77 CLIP tokens: long"]

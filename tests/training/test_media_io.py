@@ -3,7 +3,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from training.media_io import encode_mp4, to_uint8, write_png
+from training.media_io import encode_mp4, encode_sample, to_uint8
 
 
 def test_mp4_encode_is_byte_deterministic_and_decodes():
@@ -30,5 +30,6 @@ def test_mp4_rejects_odd_sizes_and_bad_shapes():
 def test_to_uint8_rounds_and_clips(tmp_path):
     assert to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
     from PIL import Image
-    p = write_png(np.ones((4, 6, 3)) * 0.5, tmp_path / "x.png")
-    assert Image.open(p).size == (6, 4)
+    p = tmp_path / "x.png"
+    p.write_bytes(encode_sample(np.ones((4, 6, 3)) * 0.5, "image", fps=16))
+    assert Image.open(p).size == (6, 4) and np.asarray(Image.open(p))[0, 0].tolist() == [128, 128, 128]
