@@ -12,7 +12,6 @@ Re-running is idempotent: finished training steps and finished samples are skipp
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ DEMO_DEEPSPEED = REPO / "configs" / "deepspeed" / "zero2.json"
 
 
 def _read_losses(metrics: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if line.strip()]
+    from training.fsio import read_jsonl
+    return [r["loss"] for r in read_jsonl(metrics).records]
 
 
 def run_demo(out: Path, steps: Optional[int] = None, seed: int = 0, workers: int = 2) -> dict:
@@ -107,7 +107,8 @@ def run_demo(out: Path, steps: Optional[int] = None, seed: int = 0, workers: int
         "seconds": round(time.perf_counter() - t0, 1), "skipped": result["skipped"], "engine": result["engine"],
         "train_seconds_in_workers": result["seconds"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from training.fsio import atomic_write_json
+    atomic_write_json(out / "summary.json", summary)
     print(f"""
 lorabench demo finished in {summary['seconds']}s (everything is under {out})
   loss (mean of first/last {k} steps): {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} over {len(losses)} steps
