@@ -45,6 +45,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from cluster.precompute import run, summary_text
+    from training.config import load_config
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides += ["parallel.backend=ray", f"parallel.num_workers={args.workers}"]
+    print(summary_text(run(load_config(args.config, overrides), verify=args.verify)))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from training.generate import generate, read_prompts
 
@@ -166,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the memory plan (bytes per component in its dtype and place, LoRA/optimizer state, "
                         "activation estimate with/without checkpointing) without loading weights, and exit")
     t.set_defaults(func=cmd_train)
+
+    pc = sub.add_parser("precompute", help="cache VAE latents and text embeddings of a training config's data",
+                        description="Encode data.shards once with the VAE and text encoders into data.cache "
+                        "(content-addressed: re-running encodes only what is missing or stale); then train "
+                        "with the same config and data.cache set. Uses the training config; overrides as for "
+                        "train, e.g. data.cache=cache/wan parallel.num_workers=4.")
+    pc.add_argument("config", help="training YAML config (configs/train/*.yaml)")
+    pc.add_argument("overrides", nargs="*", help="dotted key=value overrides (data.cache=DIR is required)")
+    pc.add_argument("--workers", type=int, default=None,
+                    help="encode on Ray with N actors (same as parallel.backend=ray parallel.num_workers=N)")
+    pc.add_argument("--verify", action="store_true",
+                    help="re-hash every cached member and recompute the damaged ones (default: cheap checks only)")
+    pc.set_defaults(func=cmd_precompute)
 
     g = sub.add_parser("generate", help="fixed-seed samples from a model (and optional adapter)")
     g.add_argument("--model", required=True, help="local diffusers folder")

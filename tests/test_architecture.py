@@ -8,7 +8,6 @@ the reader, not from the graph.
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

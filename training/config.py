@@ -178,6 +178,10 @@ class DataConfig(Section):
                                         "taking data.frames; null: the clip's native rate (set it to the model's "
                                         "rate: 16 for Wan2.1, 24 for Wan2.2-TI2V-5B)."
     )
+    cache: Optional[str] = Field(
+        None, description="Latent cache folder made by `lorabench precompute` (VAE posteriors and text "
+        "embeddings of data.shards): training reads it instead of decoding and encoding media, and never "
+        "loads the VAE or text encoders. Refused when made with other settings (the field is named).")
     long_captions: Literal["truncate", "skip", "error"] = Field(
         "truncate", json_schema_extra=RESUME_INVARIANT, description="Captions over the text encoder's token limit: train on their first tokens "
                                 "(counted as caption_truncated), skip the sample (counted as caption_too_long), "

@@ -16,13 +16,14 @@ byte. Two rules keep every file a resumed run reads usable:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Iterator, Optional, Union
 
 from training.errors import LorabenchError
 
@@ -36,14 +37,16 @@ class CorruptFileError(LorabenchError, ValueError):
 # ------------------------------------------------------------------ whole-file writes
 
 
-def atomic_write_bytes(path: PathLike, data: bytes, *, fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename)."""
+@contextlib.contextmanager
+def atomic_file(path: PathLike, *, fsync: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error (and is
+    removed otherwise): for outputs too large to build in memory (e.g. a tar shard)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -56,6 +59,12 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, fsync: bool = True) -> No
         raise
     if fsync:
         fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (temporary sibling, fsync, rename)."""
+    with atomic_file(path, fsync=fsync) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: PathLike, text: str, *, fsync: bool = True) -> None:

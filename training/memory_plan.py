@@ -176,12 +176,14 @@ def _spec(family_or_spec: Union[str, ModelSpec]) -> ModelSpec:
     return get_spec(family_or_spec) if isinstance(family_or_spec, str) else family_or_spec
 
 
-def _components(path: Path, spec: ModelSpec, dtypes: ComponentDtypes
+def _components(path: Path, spec: ModelSpec, dtypes: ComponentDtypes, without: tuple[str, ...] = ()
                 ) -> list[tuple[ComponentBytes, torch.nn.Module]]:
     spec.validate_folder(path)
     index = spec.read_model_index(path)
     out = []
     for name in spec.components(path):
+        if name in without:
+            continue
         library, class_name = index[name]
         dtype = dtypes.dtype_for(name)
         model = _meta_module(library, class_name, path / name, dtype)
@@ -493,7 +495,9 @@ def plan_training(cfg: RunConfig, world_size: int = 1) -> MemoryPlan:
     if stage is None and world_size > 1:
         stage = 0  # every multi-rank run goes through DeepSpeed (stage 0 = data parallel)
 
-    built = _components(path, spec, dtypes)
+    # Training from a latent cache loads no VAE or text encoder: they are neither built nor counted.
+    without = tuple(spec.encoder_components(path)) if cfg.data.cache else ()
+    built = _components(path, spec, dtypes, without)
     components = [c for c, _ in built]
     for c in components:
         c.where = OFFLOADED if (m.offload_encoders and c.role in ("vae", "text")) else ACCELERATOR

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from .cache.source import CachedSource
 from .checkpoint import CheckpointError, read_checkpoint_config, resolve_resume
 from .config import ConfigError, RunConfig, resume_invariants, setting
 from .data.index import ShardScan, scan_shards
@@ -19,8 +20,8 @@ from .outputs import check_writable_dir
 
 
 def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[ShardScan, Optional[Path]]:
-    """Geometry, shards for this world, output folders, resume target and its settings, and the
-    shard scan (bad shards counted, within data.max_bad_fraction).
+    """Geometry, shards for this world, output folders, resume target and its settings, the
+    shard scan (bad shards counted, within data.max_bad_fraction) and the latent cache.
 
     Returns the shard scan and the checkpoint to resume from (None: a fresh run).
     """
@@ -49,6 +50,8 @@ def preflight(cfg: RunConfig, rank: int, world_size: int) -> tuple[ShardScan, Op
     layout.root.mkdir(parents=True, exist_ok=True)
     scan = scan_shards(shards, cache=layout.root / SHARD_INDEX)
     scan.check(cfg.data.max_bad_fraction, world_size)
+    if cfg.data.cache:  # a stale or foreign latent cache fails here, naming the field that differs
+        CachedSource.for_run(cfg, scan.counts)
     return scan, resume_from
 
 

@@ -7,10 +7,27 @@ Shared by every way a run is started (``lorabench train``, ``python -m training`
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .layout import RunLayout
+
+
+@dataclass
+class TrainResult:
+    """What ``Trainer.run`` returns (result.json holds the same and more)."""
+
+    run_dir: Path
+    steps: int
+    losses: dict[int, float] = field(default_factory=dict)
+    checkpoints: list[Path] = field(default_factory=list)
+    skipped: str = ""
+    seconds: float = 0.0
+
+    @property
+    def final_checkpoint(self) -> Optional[Path]:
+        return self.checkpoints[-1] if self.checkpoints else None
 
 
 def run_summary(run_dir: Path) -> str:

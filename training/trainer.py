@@ -12,14 +12,15 @@ CPU generator for noise, sigmas and VAE sampling, and the data stream position.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 
+from .cache.source import CachedSource
 from .callbacks import Callback, default_callbacks
 from .checkpointing import CheckpointManager, DataPosition
 from .config import RunConfig, dump_config
@@ -32,29 +33,16 @@ from .faults import maybe_crash
 from .fsio import atomic_write_json, atomic_write_text
 from .layout import RunLayout
 from .lora import inject_lora, lora_parameters, peft_config
-from .models import ModelSpec, get_spec
+from .models import Conditions, ModelSpec, get_spec
 from .objectives import noisy_and_target, sample_sigmas, shift_sigmas
 from .placement import Placement
 from .precision import ComponentDtypes, dtype_census, kept_fp32_dtypes
 from .preflight import preflight
 from .runtime import Precision, apply_attention, peak_memory_bytes, resolve_attention, resolve_device
 from .schedule import lr_at
+from .summary import TrainResult
 
 log = logging.getLogger("lorabench.train")
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    losses: dict[int, float] = field(default_factory=dict)
-    checkpoints: list[Path] = field(default_factory=list)
-    skipped: str = ""
-    seconds: float = 0.0
-
-    @property
-    def final_checkpoint(self) -> Optional[Path]:
-        return self.checkpoints[-1] if self.checkpoints else None
 
 
 class Trainer:
@@ -114,8 +102,10 @@ class Trainer:
         """The pipeline, frozen, with the LoRA injected into its transformer."""
         cfg = self.cfg
         self.dtypes = ComponentDtypes.from_model_config(cfg.model)
+        # From a latent cache the VAE and text encoders are never loaded (their output is cached).
+        without = self.spec.encoder_components(cfg.model.path) if cfg.data.cache else ()
         with self.engine.model_loading():
-            self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.dtypes)
+            self.pipe = self.spec.load_pipeline(cfg.model.path, dtype=self.dtypes, without=without)
         self.pipe.set_progress_bar_config(disable=True)
         self.placement = Placement.for_pipeline(self.pipe, self.device, cfg.model.offload_encoders)
         for module in self.pipe.components.values():
@@ -156,26 +146,38 @@ class Trainer:
         # shards (truncated, empty, unreadable) are counted and left out.
         self.counter.record_shards(len(self.scan.shards), [(b.shard, b.reason) for b in self.scan.bad])
         self.max_text = cfg.data.max_text_length or self.spec.default_max_text_length
-        captions = CaptionLengthCheck.for_pipeline(self.pipe, self.spec.text_limits(self.max_text),
-                                                   cfg.data.long_captions)
+        self.vae_config = json.loads((Path(cfg.model.path) / "vae" / "config.json").read_text())
+        if cfg.data.cache:  # cached posteriors and conditions, the same shards, order and skips
+            cached = CachedSource.for_run(cfg, self.scan.counts)
+            source = {"caption_check": None, "decoder": cached, "open_shard": cached.open_shard}
+        else:
+            source = {"caption_check": CaptionLengthCheck.for_pipeline(
+                self.pipe, self.spec.text_limits(self.max_text), cfg.data.long_captions)}
         self.stream = ShardStream(self.shards, modality=self.spec.modality, frames=cfg.data.frames,
                                   height=cfg.data.height, width=cfg.data.width, seed=cfg.seed,
                                   rank=self.rank, world_size=self.world_size,
                                   shuffle_buffer=cfg.data.shuffle_buffer, counter=self.counter,
                                   sample_counts=self.scan.counts, batch_size=cfg.train.batch_size,
-                                  fps=cfg.data.fps, caption_check=captions)
+                                  fps=cfg.data.fps, **source)
         self.shift = self.spec.flow_shift(self.pipe)
         self.num_timesteps = self.spec.num_train_timesteps(self.pipe)
 
     # ------------------------------------------------------------------ one optimizer step
 
+    @torch.no_grad()
+    def _encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Conditions]:
+        """Latents and text conditions of a batch: encoded now, or read from the latent cache."""
+        if "posterior" in batch:
+            posterior = {k: v.to(self.device) for k, v in batch["posterior"].items()}
+            latents = self.spec.latents_from_posterior(self.vae_config, posterior, self.generator)
+            return latents.float(), Conditions(batch["cond"]).to(self.device)
+        with self.placement.use("vae"):
+            latents = self.spec.encode_pixels(self.pipe, batch["pixels"].to(self.device), self.generator)
+        with self.placement.use(*self.placement.text_encoders):
+            return latents.float(), self.spec.encode_text(self.pipe, batch["captions"], self.device, self.max_text)
+
     def _micro_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        pixels = batch["pixels"].to(self.device)
-        with torch.no_grad():
-            with self.placement.use("vae"):
-                latents = self.spec.encode_pixels(self.pipe, pixels, self.generator).float()
-            with self.placement.use(*self.placement.text_encoders):
-                cond = self.spec.encode_text(self.pipe, batch["captions"], self.device, self.max_text)
+        latents, cond = self._encode(batch)
         b = latents.shape[0]
         t = self.cfg.train
         # Noise and sigmas drawn on CPU from our generator: identical on any device and resumable.

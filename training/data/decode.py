@@ -132,6 +132,11 @@ def _check_size(src_h: int, src_w: int, height: int, width: int) -> None:
         )
 
 
+# Names the resize-and-crop rule below; part of every latent cache key (training.cache): change
+# it whenever the rule changes, so caches made with the old rule are refused, not reused.
+CROP_POLICY = "cover-resize-bilinear-antialias+center-crop@1"
+
+
 def _resize_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, 3, h, w) uint8 -> (N, 3, height, width) float32 in [-1, 1].
 

@@ -83,6 +83,66 @@ def _shuffled(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterato
     yield from buf
 
 
+# ----------------------------------------------------------------------------- decoding
+
+
+class MediaDecoder:
+    """Raw sample -> ``({"key", "pixels", "caption"}, kept)``: the checks and decoding one sample
+    goes through, shared by the training stream and the precompute stage (so a cached sample is
+    exactly what on-the-fly training would have decoded, and skipped for the same reasons).
+
+    Raises :class:`BadSample` for a sample to skip; ``kept`` is None or the reason a sample is
+    used in a changed form (``caption_truncated``). See :class:`ShardStream` for the arguments.
+    """
+
+    def __init__(self, modality: str, frames: int, height: int, width: int, fps: Optional[float] = None,
+                 caption_check: Optional[Callable[[str], tuple[str, Mapping[str, tuple[int, int]]]]] = None
+                 ) -> None:
+        if modality not in ("video", "image"):
+            raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
+        if frames < 1 or height < 1 or width < 1:
+            raise ValueError(f"frames, height and width must be >= 1, got {frames}, {height}, {width}")
+        check_fps(fps)
+        self.modality, self.frames, self.height, self.width = modality, frames, height, width
+        self.fps, self.caption_check = fps, caption_check
+
+    def __call__(self, sample: dict[str, Any], where: str) -> tuple[dict[str, Any], Optional[str]]:
+        key = sample["__key__"]
+        check_key(key)
+        caption = caption_of(sample)  # cheap checks first: no decoding for caption-less samples
+        kept = self._check_caption(caption, where) if self.caption_check is not None else None
+        _, data = media_of(sample, self.modality)
+        if self.modality == "video":
+            pixels = decode_video(data, self.frames, self.height, self.width, fps=self.fps)
+        else:
+            pixels = decode_image(data, self.height, self.width)
+        return {"key": key, "pixels": pixels, "caption": caption}, kept
+
+    def _check_caption(self, caption: str, where: str) -> Optional[str]:
+        """Apply ``caption_check``: None (fits) or ``caption_truncated``; raises for skip and error."""
+        assert self.caption_check is not None
+        action, over = self.caption_check(caption)
+        if action == "keep":
+            return None
+        if action == "truncate":
+            return TRUNCATED
+        if action == "skip":
+            raise BadSample(TOO_LONG, describe_over(over))
+        raise DataError(
+            f"caption of sample {where} has {describe_over(over)} and data.long_captions=error: "
+            f"shorten it, or set data.long_captions=truncate (train on its first tokens) or skip.")
+
+    def needs(self) -> str:
+        """What a usable sample must hold, for the no-usable-samples error."""
+        need = f"captioned {self.modality} samples, at least {self.width}x{self.height}"
+        if self.modality == "video":
+            need += f" and {self.frames} frames" + (f" at {self.fps:g} fps" if self.fps is not None else "")
+        return need
+
+
+Decoder = Callable[[dict[str, Any], str], tuple[dict[str, Any], Optional[str]]]
+
+
 # ----------------------------------------------------------------------------- stream
 
 
@@ -131,16 +191,14 @@ class ShardStream:
         batch_size: int = 1,
         fps: Optional[float] = None,
         caption_check: Optional[Callable[[str], tuple[str, Mapping[str, tuple[int, int]]]]] = None,
+        decoder: Optional[Decoder] = None,
+        open_shard: Callable[[str], Iterator[dict[str, Any]]] = raw_samples,
     ) -> None:
-        if modality not in ("video", "image"):
-            raise ValueError(f"modality must be 'video' or 'image', got {modality!r}")
-        if frames < 1 or height < 1 or width < 1:
-            raise ValueError(f"frames, height and width must be >= 1, got {frames}, {height}, {width}")
+        self.media = MediaDecoder(modality, frames, height, width, fps, caption_check)
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        check_fps(fps)
         self.shards = list(shards)
         shard_assignment(self.shards, seed, 0, rank, world_size)  # fail now, not at first batch
         self.modality = modality
@@ -152,6 +210,11 @@ class ShardStream:
         self.batch_size = batch_size
         self.sample_counts = dict(sample_counts)
         self.caption_check = caption_check
+        # ``decoder`` replaces media decoding (e.g. cached latents, training.cache), reading
+        # ``open_shard(shard)`` for each shard of the plan: shard names, order, counts, shuffle
+        # and positions stay those of data.shards, so the batches and resume are unchanged.
+        self.decoder: Decoder = decoder if decoder is not None else self.media
+        self.open_shard = open_shard
         self._epoch = 0
         self._position = 0
         self._yielded = 0
@@ -238,25 +301,15 @@ class ShardStream:
 
     def _epoch_samples(self, plan: EpochPlan) -> Iterator[dict[str, Any]]:
         """Raw samples of this rank's share of ``plan.epoch``, in shuffled order (not decoded)."""
-        raw = (sample for shard in plan.shards[self.rank] for sample in raw_samples(shard))
+        raw = (sample for shard in plan.shards[self.rank] for sample in self.open_shard(shard))
         rng = random.Random(_stream_seed(self.seed, plan.epoch, self.rank))
         return _shuffled(raw, self.shuffle_buffer, rng)
 
     def _decode(self, sample: dict[str, Any]) -> Optional[dict[str, Any]]:
-        key = sample["__key__"]
-        where = f"{sample.get('__url__', '?')}:{key}"
+        where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
         first = self.counter.first_read(sample.get("__url__", "?"), sample.get("__index__"))
-        kept: Optional[str] = None
         try:
-            check_key(key)
-            caption = caption_of(sample)  # cheap checks first: no decoding for caption-less samples
-            if self.caption_check is not None:
-                kept = self._check_caption(caption, where)
-            _, data = media_of(sample, self.modality)
-            if self.modality == "video":
-                pixels = decode_video(data, self.frames, self.height, self.width, fps=self.fps)
-            else:
-                pixels = decode_image(data, self.height, self.width)
+            out, kept = self.decoder(sample, where)
         except BadSample as exn:
             if first:
                 self.counter.add_skip(exn.reason, where)
@@ -265,21 +318,7 @@ class ShardStream:
             self.counter.add_ok()
             if kept is not None:
                 self.counter.add_kept(kept, where)
-        return {"key": key, "pixels": pixels, "caption": caption}
-
-    def _check_caption(self, caption: str, where: str) -> Optional[str]:
-        """Apply ``caption_check``: None (fits) or ``caption_truncated``; raises for skip and error."""
-        assert self.caption_check is not None
-        action, over = self.caption_check(caption)
-        if action == "keep":
-            return None
-        if action == "truncate":
-            return TRUNCATED
-        if action == "skip":
-            raise BadSample(TOO_LONG, describe_over(over))
-        raise DataError(
-            f"caption of sample {where} has {describe_over(over)} and data.long_captions=error: "
-            f"shorten it, or set data.long_captions=truncate (train on its first tokens) or skip.")
+        return out
 
     def _check_pass_length(self, plan: EpochPlan, length: int) -> None:
         """A pass must hold as many samples as counted; otherwise the plan (and resume) is off."""
@@ -293,14 +332,11 @@ class ShardStream:
             )
 
     def _no_good_samples(self, plan: EpochPlan, consumed: int) -> DataError:
-        need = f"at least {self.width}x{self.height}"
-        if self.modality == "video":
-            need += f" and {self.frames} frames" + (f" at {self.fps:g} fps" if self.fps is not None else "")
         return DataError(
             f"epoch {plan.epoch} produced no usable samples on rank {self.rank} from shards "
             f"{listed(plan.shards[self.rank])} ({consumed} raw samples; {self.counter.summary()}; "
             f"e.g. {self.counter.examples_text('; ')}). "
-            f"Check that the shards hold captioned {self.modality} samples, {need}."
+            f"Check that the shards hold {self.media.needs()}."
         )
 
 
@@ -308,14 +344,17 @@ class ShardStream:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into ``{"pixels": (B, ...), "captions": [...], "keys": [...]}``."""
+    """Stack samples into ``{"captions": [...], "keys": [...]}`` plus their tensors: ``pixels``
+    (B, ...) for decoded media; ``posterior`` and ``cond`` (dicts of (B, ...) tensors) for cached ones."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    return {
-        "pixels": torch.stack([s["pixels"] for s in samples]),
-        "captions": [s["caption"] for s in samples],
-        "keys": [s["key"] for s in samples],
-    }
+    out: dict[str, Any] = {"captions": [s["caption"] for s in samples], "keys": [s["key"] for s in samples]}
+    for name, value in samples[0].items():
+        if torch.is_tensor(value):
+            out[name] = torch.stack([s[name] for s in samples])
+        elif isinstance(value, dict):
+            out[name] = {k: torch.stack([s[name][k] for s in samples]) for k in value}
+    return out
 
 
 def batches(

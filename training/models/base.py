@@ -129,19 +129,27 @@ class ModelSpec(ABC):
 
     # ---------------------------------------------------------------- heavy work
 
-    def load_pipeline(self, path: str | Path, dtype: "torch.dtype | ComponentDtypes" = torch.float32) -> Any:
-        """Load the full diffusers pipeline from a local folder (never from a hub).
+    def load_pipeline(self, path: str | Path, dtype: "torch.dtype | ComponentDtypes" = torch.float32,
+                      without: tuple[str, ...] | list[str] = ()) -> Any:
+        """Load the diffusers pipeline from a local folder (never from a hub).
 
         ``dtype`` is one dtype for everything, or :class:`ComponentDtypes` (denoiser, VAE and
         text encoders each their own). Loading with a dtype, rather than ``.to(dtype)`` after,
-        keeps the modules diffusers marks ``_keep_in_fp32_modules`` in fp32.
+        keeps the modules diffusers marks ``_keep_in_fp32_modules`` in fp32. Components named in
+        ``without`` are not loaded (None): the precompute stage needs no transformer, training
+        from a latent cache no VAE or text encoder.
         """
         index = self.read_model_index(path)
         self.validate_folder(path)
         if isinstance(dtype, ComponentDtypes):
             dtype = dtype.for_pipeline([k for k, v in index.items() if not k.startswith("_")
-                                        and isinstance(v, list) and v[0] is not None])
-        return self.pipeline_cls.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+                                        and isinstance(v, list) and v[0] is not None and k not in without])
+        return self.pipeline_cls.from_pretrained(str(path), dtype=dtype, local_files_only=True,
+                                                 **{name: None for name in without})
+
+    def encoder_components(self, path: str | Path) -> list[str]:
+        """The VAE and text encoders of a folder: what training from a latent cache leaves unloaded."""
+        return [c for c in self.components(path) if component_role(c) in ("vae", "text")]
 
     def components(self, path: str | Path) -> list[str]:
         """Names of the model components present in the folder (model_index.json order)."""
@@ -154,10 +162,34 @@ class ModelSpec(ABC):
                     max_length: int) -> Conditions:
         """Text conditions exactly as the pipeline computes them at inference."""
 
-    @abstractmethod
     def encode_pixels(self, pipe: Any, pixels: torch.Tensor,
                       generator: Optional[torch.Generator]) -> torch.Tensor:
-        """Pixels in [-1, 1] (B,C,H,W) or (B,C,F,H,W) -> normalised latents."""
+        """Pixels in [-1, 1] (B,C,H,W) or (B,C,F,H,W) -> normalised latents.
+
+        Two halves, so that training from precomputed latents (training.cache) runs exactly the
+        second half on what the first half wrote: the deterministic VAE encode, then the
+        (possibly random) draw and normalisation, which needs only the VAE's config.
+        """
+        return self.latents_from_posterior(dict(pipe.vae.config), self.encode_posterior(pipe, pixels),
+                                           generator)
+
+    @abstractmethod
+    def encode_posterior(self, pipe: Any, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The VAE's deterministic output for ``pixels`` (e.g. the posterior's mean and std),
+        batch first, in the VAE's dtype: what a latent cache stores."""
+
+    @abstractmethod
+    def cache_shapes(self, path: str | Path, width: int, height: int, frames: int,
+                     max_text: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Per-sample tensors a latent cache stores, from the folder's configs alone (no weights):
+        ``{"posterior.mean": ("vae", shape), "cond.<kwarg>": ("text", shape), ...}``; the role
+        gives the dtype. Used to say what precompute will write before it starts."""
+
+    @abstractmethod
+    def latents_from_posterior(self, vae_config: dict[str, Any], posterior: dict[str, torch.Tensor],
+                               generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Normalised float32 latents from :meth:`encode_posterior`'s output (draws from
+        ``generator`` where the family samples the posterior)."""
 
     @abstractmethod
     def predict(self, pipe: Any, model: torch.nn.Module, noisy: torch.Tensor,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from .base import Conditions, LatentGeometry, ModelSpec, SamplingDefaults
 from .tiny_text import clip_tokenizer, t5_tokenizer
@@ -41,14 +42,35 @@ class SD3Spec(ModelSpec):
             max_sequence_length=max_length)
         return Conditions({"encoder_hidden_states": embeds, "pooled_projections": pooled})
 
-    def encode_pixels(self, pipe: Any, pixels: torch.Tensor,
-                      generator: Optional[torch.Generator]) -> torch.Tensor:
+    def encode_posterior(self, pipe: Any, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         vae = pipe.vae
         if pixels.ndim != 4:
             raise ValueError(f"SD3 expects image pixels (B,C,H,W), got shape {tuple(pixels.shape)}")
-        z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generator)
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        return {"mean": dist.mean, "std": dist.std}
+
+    def cache_shapes(self, path: str | Path, width: int, height: int, frames: int,
+                     max_text: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        vae = self.read_component_config(path, "vae")
+        tr = self.read_component_config(path, "transformer")
+        spatial = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        latent = (int(vae.get("latent_channels", 16)), height // spatial, width // spatial)
+        # CLIP-L and CLIP-G hidden states (77 tokens each, joined and padded to T5's width), then T5's.
+        pooled = sum(int(self.read_component_config(path, c)["projection_dim"]) for c in ("text_encoder", "text_encoder_2"))
+        return {"posterior.mean": ("vae", latent), "posterior.std": ("vae", latent),
+                "cond.encoder_hidden_states": ("text", (77 + max_text, int(tr["joint_attention_dim"]))),
+                "cond.pooled_projections": ("text", (pooled,))}
+
+    def latents_from_posterior(self, vae_config: dict[str, Any], posterior: dict[str, torch.Tensor],
+                               generator: Optional[torch.Generator]) -> torch.Tensor:
+        # A draw from the posterior as diffusers' DiagonalGaussianDistribution.sample makes it
+        # (noise in the VAE's dtype on its device, then mean + std * noise), so cached and
+        # on-the-fly training draw the same latents from the same generator state.
+        mean, std = posterior["mean"], posterior["std"]
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + std * noise
         # Inverse of the pipeline's decode: latents / scaling_factor + shift_factor.
-        return (z - vae.config.shift_factor) * vae.config.scaling_factor
+        return ((z - vae_config["shift_factor"]) * vae_config["scaling_factor"]).float()
 
     def predict(self, pipe: Any, model: torch.nn.Module, noisy: torch.Tensor,
                 timesteps: torch.Tensor, cond: Conditions) -> torch.Tensor:

@@ -65,17 +65,27 @@ class WanSpec(ModelSpec):
                                        max_sequence_length=max_length, device=device)
         return Conditions({"encoder_hidden_states": embeds})
 
-    def encode_pixels(self, pipe: Any, pixels: torch.Tensor,
-                      generator: Optional[torch.Generator]) -> torch.Tensor:
+    def encode_posterior(self, pipe: Any, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         vae = pipe.vae
         if pixels.ndim != 5:
             raise ValueError(f"Wan expects video pixels (B,C,F,H,W), got shape {tuple(pixels.shape)}")
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        return {"mean": vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()}
+
+    def cache_shapes(self, path: str | Path, width: int, height: int, frames: int,
+                     max_text: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        geo = self.geometry(path)
+        z = int(self.read_component_config(path, "vae").get("z_dim", 16))
+        text = int(self.read_component_config(path, "text_encoder")["d_model"])
+        latent = (z, 1 + (frames - 1) // geo.temporal, height // geo.spatial, width // geo.spatial)
+        return {"posterior.mean": ("vae", latent), "cond.encoder_hidden_states": ("text", (max_text, text))}
+
+    def latents_from_posterior(self, vae_config: dict[str, Any], posterior: dict[str, torch.Tensor],
+                               generator: Optional[torch.Generator]) -> torch.Tensor:
         # The posterior mean, as Wan's reference does (WanVAE.encode returns mu, no sampling);
         # ``generator`` is unused, so the noise stream does not depend on the VAE.
-        z = dist.mode().float()
-        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+        z = posterior["mean"].float()
+        mean = torch.tensor(vae_config["latents_mean"], device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae_config["latents_std"], device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
         return (z - mean) / std  # inverse of the pipeline's `latents / (1/std) + mean`
 
     def predict(self, pipe: Any, model: torch.nn.Module, noisy: torch.Tensor,
