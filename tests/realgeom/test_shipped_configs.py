@@ -195,3 +195,33 @@ def test_shipped_eval_config_base_vs_adapter(config, real, metric_models, tmp_pa
     if f > 1:
         assert info["sampling"]["fps"] == {"wan2.2-ti2v-5b": 24, "wan2.1-t2v-1.3b": 16}[name]
     assert variants["base"]["metrics"], "metrics ran on the bf16 samples"
+
+
+@pytest.mark.parametrize("config", TRAIN, ids=lambda p: p.stem)
+def test_precompute_at_real_widths_writes_what_it_announced_and_trains_from_it(config, real, tmp_path):
+    """The latent cache of a shipped config on its real-width model in the config's own dtypes:
+    the bytes announced before starting are the bytes written, and a step trains from it."""
+    import tarfile
+
+    from safetensors.torch import load as load_tensors
+
+    from training.cache.precompute import plan_precompute, run_local
+    from training.config import load_config
+    from training.trainer import Trainer
+    name = _real_name(config)
+    w, h, f = SIZES[name]
+    cache = tmp_path / "cache"
+    overrides = [f"model.path={real.model(name)}", f"data.shards={real.shards(name)}", f"output_dir={tmp_path}",
+                 f"data.width={w}", f"data.height={h}", f"data.frames={f}", *_text_length(name, "data"),
+                 f"data.cache={cache}", "train.max_steps=1", "train.grad_accum=1", "optim.warmup_steps=0",
+                 "log.progress=false", "log.tensorboard=false"]
+    cfg = load_config(config, overrides)
+    plan = plan_precompute(cfg)
+    assert run_local(plan, device="cpu")["encoded"] == 4
+    with tarfile.open(next((cache / "shards").glob("*.tar"))) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".safetensors"))
+        tensors = load_tensors(tar.extractfile(member).read())
+    assert plan.bytes_per_sample == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert {str(t.dtype) for k, t in tensors.items() if k.startswith("cond.")} == {"torch.bfloat16"}
+    result = Trainer(cfg).run()
+    assert result.steps == 1 and torch.isfinite(torch.tensor(result.losses[1]))
