@@ -8,9 +8,10 @@
 #   ./launch.sh submit-eval CONFIG [k=v ...]  the same for cluster.eval
 #   ./launch.sh generate ARGS...   (see: ./launch.sh generate --help)
 #   ./launch.sh test [pytest args]
-#   ./launch.sh bench [dist|eval|memory]  trainer vs hand-written loop; 'dist': 1 vs 2 Ray workers, ZeRO
+#   ./launch.sh bench [dist|eval|memory|cache]  trainer vs hand-written loop; 'dist': 1 vs 2 Ray workers, ZeRO
 #                                  memory; 'eval': generation 1 vs 2 actors, Frechet distance vs scipy;
-#                                  'memory': memory plans of the full-size models (configs only, no weights)
+#                                  'memory': memory plans of the full-size models (configs only, no weights);
+#                                  'cache': on-the-fly vs latent-cache training, precompute 1 vs 2 Ray workers
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -77,7 +78,8 @@ case "$cmd" in
     if [ "${1:-}" = dist ]; then shift; exec "$PY" -m bench.distributed "$@"; fi
     if [ "${1:-}" = eval ]; then shift; exec "$PY" -m bench.eval "$@"; fi
     if [ "${1:-}" = memory ]; then shift; exec "$PY" -m bench.memory_plan "$@"; fi
+    if [ "${1:-}" = cache ]; then shift; exec "$PY" -m bench.cache "$@"; fi
     exec "$PY" -m bench.train_overhead "$@" ;;
-  help|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command '$cmd' (setup | demo | train | eval | submit | submit-eval | generate | test | bench)" ;;
 esac

@@ -81,7 +81,7 @@ def run(cfg: RunConfig, progress: bool = True, verify: bool = False) -> dict[str
     plan = plan_precompute(cfg, verify=verify)
     print(plan.describe(), flush=True)
     if cfg.parallel.backend == "none" or not plan.todo:
-        totals = run_local(plan) if plan.todo else {"shards": 0, "samples": 0, "encoded": 0, "reused": 0}
+        totals = run_local(plan, progress=progress) if plan.todo else {"shards": 0, "samples": 0, "encoded": 0, "reused": 0}
     else:
         import ray
 
@@ -99,7 +99,8 @@ def run(cfg: RunConfig, progress: bool = True, verify: bool = False) -> dict[str
 
 
 def summary_text(totals: dict[str, Any]) -> str:
-    rate = f", {totals['samples_per_s']:g} samples/s" if totals.get("samples_per_s") else ""
+    rate = (f", {totals['samples_per_s']:g} samples/s end to end (model loading and start-up included)"
+            if totals.get("samples_per_s") else "")
     return (f"precompute done in {totals['seconds']:.1f}s: {totals['shards']} shard(s) written, "
             f"{totals['encoded']} sample(s) encoded, {totals['reused']} reused{rate}\n"
             f"cache: {totals['cache']} (train from it with data.cache={totals['cache']})")

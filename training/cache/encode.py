@@ -88,14 +88,16 @@ class CacheEncoder:
             writer = ShardWriter(f)
             for raw in raw_samples(source):
                 key, where = raw["__key__"], f"{source}:{raw['__key__']}"
+                # The file name only, not the path: the bytes do not depend on where the data is mounted.
+                named = f"{source.rstrip('/').rsplit('/', 1)[-1]}:{key}"
                 skey = sample_key(raw, self.digest)
                 stats["samples"] += 1
                 if skey in old:
                     meta, data = old[skey]
-                    meta = dict(meta, source=where, index=raw["__index__"])
+                    meta = dict(meta, source=named, index=raw["__index__"])
                     stats["reused"] += 1
                 else:
-                    meta = {"key": skey, "settings": self.digest, "source": where, "index": raw["__index__"]}
+                    meta = {"key": skey, "settings": self.digest, "source": named, "index": raw["__index__"]}
                     data = None
                     try:
                         sample, kept = self.decode(raw, where)

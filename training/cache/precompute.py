@@ -48,8 +48,8 @@ class PrecomputePlan:
         done = len(self.counts) - len(self.todo)
         total = self.bytes_per_sample * self.samples
         return (f"precompute: {len(self.counts)} source shard(s), {self.samples} samples -> {self.root}\n"
-                f"  writes {_human(self.bytes_per_sample)} per sample (latents + text embeddings), about "
-                f"{_human(total)} in all; {done} shard(s) already cached and current, {len(self.todo)} to do "
+                f"  writes {_human(self.bytes_per_sample)} of tensors per sample (latents + text embeddings), "
+                f"{_human(total)} in all (plus ~2 KiB per sample of tar headers and metadata); {done} shard(s) already cached and current, {len(self.todo)} to do "
                 f"({self.todo_samples} samples)"
                 + (f"; {len(self.bad_shards)} bad source shard(s) left out" if self.bad_shards else ""))
 
@@ -143,22 +143,27 @@ def damaged_members(path: Path) -> list[str]:
 
 
 def previous_file(plan: PrecomputePlan, source: str) -> Optional[str]:
-    """The shard's earlier cache file (relative to the cache root), to reuse samples from."""
+    """The shard's earlier cache file (relative to the cache root), to reuse samples from: its own
+    entry, else that of a source with the same file name (the data moved or is mounted
+    elsewhere: content keys decide what is reused, so nothing is re-encoded for a move)."""
     entry = plan.index.shards.get(source)
+    if entry is None:
+        name = source.rstrip("/").rsplit("/", 1)[-1]
+        entry = next((e for s, e in plan.index.shards.items() if s.rstrip("/").rsplit("/", 1)[-1] == name), None)
     return entry.get("cache") if entry else None
 
 
 def run_local(plan: PrecomputePlan, device: str = "auto",
-              on_shard: Optional[Callable[[str, dict[str, Any]], None]] = None) -> dict[str, Any]:
+              on_shard: Optional[Callable[[str, dict[str, Any]], None]] = None, progress: bool = True) -> dict[str, Any]:
     """Encode every shard of ``plan.todo`` in this process; returns the totals."""
-    from ..console import progress
+    from ..console import progress as progress_bar
     from .encode import CacheEncoder
 
     totals = {"shards": 0, "samples": 0, "encoded": 0, "reused": 0}
     if not plan.todo:
         return totals
     encoder = CacheEncoder(plan.cfg, plan.settings, device=device)
-    bar = progress(total=plan.todo_samples, desc="precompute", unit="sample")
+    bar = progress_bar(total=plan.todo_samples, desc="precompute", unit="sample", disable=not progress)
     try:
         for source in plan.todo:
             entry = encoder.encode_shard(source, plan.root, previous_file(plan, source))

@@ -252,3 +252,18 @@ def test_precompute_needs_a_cache_folder(tiny_wan, video_shards, tmp_path):
     with pytest.raises(ConfigError, match="data.cache"):
         plan_precompute(tiny_config("wan", tiny_wan, video_shards, tmp_path))
     assert math.isfinite(float(torch.zeros(1)))  # keeps the torch import honest
+
+
+def test_moved_data_reuses_the_cache_by_content(tiny_wan, video_shards, wan_cache, tmp_path):
+    root, moved = tmp_path / "cache", tmp_path / "moved"
+    shutil.copytree(wan_cache, root)
+    shutil.copytree(video_shards, moved)
+    cfg = tiny_config("wan", tiny_wan, moved, tmp_path, f"data.cache={root}")
+    with pytest.raises(CacheError, match="no entry for source shard"):
+        preflight(cfg, 0, 1)  # the cache is indexed by the shards' paths
+    plan, totals = _precompute(cfg)
+    assert len(plan.todo) == 3 and totals["encoded"] == 0 and totals["reused"] == 48
+    new = {p.name for p in (root / "shards").glob("*.tar")} - set(_shard_bytes(wan_cache))
+    # Same bytes as before the move (the cache records file names, not where data is mounted).
+    assert sorted((root / "shards" / n).read_bytes() for n in new) == sorted(_shard_bytes(wan_cache).values())
+    preflight(cfg, 0, 1)
