@@ -36,13 +36,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         world = cfg.parallel.num_workers if cfg.parallel.backend == "ray" else int(os.environ.get("WORLD_SIZE", "1"))
         print(plan_training(cfg, world).table())
         return 0
+    from training.summary import exit_code, run_summary
     if cfg.parallel.backend == "ray":
         from cluster.train import print_summary, run
-        print_summary(run(cfg))
-        return 0
-    from training.summary import run_summary
-    print(run_summary(Trainer(cfg).run().run_dir))
-    return 0
+        body = run(cfg)
+        print_summary(body)
+        return exit_code(Path(body["run_dir"]))
+    run_dir = Trainer(cfg).run().run_dir
+    print(run_summary(run_dir))
+    return exit_code(run_dir)
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
@@ -101,6 +103,11 @@ def cmd_make_tiny_metrics(args: argparse.Namespace) -> int:
 def cmd_make_data(argv: list[str]) -> int:
     from training.data.synthetic import main
     return main(argv) or 0
+
+
+def cmd_slurm(argv: list[str]) -> int:
+    from cluster.slurm.cli import main as slurm_main
+    return slurm_main(argv)
 
 
 def cmd_adapter(argv: list[str]) -> int:
@@ -249,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="base vs LoRA/checkpoints on fixed seeds (Ray), FVD/CLIP/FID/KID; "
                    "'eval metrics --from DIR' recomputes", add_help=False)
 
+    sub.add_parser("slurm", help="render | submit an sbatch script: Ray on the allocation, checkpoint-and-requeue "
+                   "at the time limit (see: lorabench slurm --help)", add_help=False)
     d = sub.add_parser("demo", help="tiny end-to-end run: model, data, training, base vs LoRA samples")
     d.add_argument("--out", default="lorabench-demo", help="everything is written under this folder")
     d.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
@@ -260,9 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_command(argv: list[str]) -> tuple[Callable[[], int], bool]:
     """(runner, verbose) for a ``lorabench`` command line; parse errors exit like argparse's.
 
-    Subcommands with their own parsers (make-data, adapter, eval) parse inside the runner.
+    Subcommands with their own parsers (make-data, adapter, eval, slurm) parse inside the runner.
     """
-    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval}
+    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval, "slurm": cmd_slurm}
     if argv and argv[0] in passthrough:
         return (lambda: passthrough[argv[0]](argv[1:])), False
     parser = build_parser()

@@ -214,8 +214,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def body() -> int:
         quiet_third_party()
-        print_summary(run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]])))
-        return 0
+        from training.summary import exit_code
+        body = run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]]))
+        print_summary(body)
+        return exit_code(Path(body["run_dir"]))  # 75 when stopped on request (SLURM requeues on it)
 
     return run_entry("cluster.train", body, debug=debug)
 

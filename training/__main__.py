@@ -40,10 +40,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ConfigError("parallel.backend=ray is started by `python -m cluster.train`, not by "
                               "`python -m training` (which is one rank under torchrun)")
         result = Trainer(cfg).run()
+        from .summary import exit_code, run_summary
         if rank == 0:
-            from .summary import run_summary
             print(run_summary(result.run_dir))
-        return 0
+        return exit_code(result.run_dir)  # 75 when stopped on request (SLURM requeues on it)
 
     return run_entry(f"rank {rank}", body, debug=debug)
 

@@ -52,6 +52,11 @@ class RunLayout:
         return self.logs / "metrics.jsonl"
 
     @property
+    def stop_request(self) -> Path:
+        """STOP: a run that finds it after a step saves a checkpoint and exits (training.stopping)."""
+        return self.root / "STOP"
+
+    @property
     def result(self) -> Path:
         """result.json: written last by a finished run (steps, losses, engine, data counts)."""
         return self.root / RESULT_FILE

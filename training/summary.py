@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .layout import RunLayout
+from .stopping import EXIT_STOPPED
 
 
 @dataclass
@@ -24,10 +25,21 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     skipped: str = ""
     seconds: float = 0.0
+    stopped: Optional[str] = None  # why the run stopped before max_steps (training.stopping)
 
     @property
     def final_checkpoint(self) -> Optional[Path]:
         return self.checkpoints[-1] if self.checkpoints else None
+
+
+def write_result(layout: RunLayout, result: TrainResult, **fields: Any) -> None:
+    """result.json in the run folder: what a driver (Ray, SLURM) reports when the job ends."""
+    from .fsio import atomic_write_json
+    final = result.final_checkpoint or layout.latest_checkpoint()
+    atomic_write_json(layout.result, {
+        "steps": result.steps, "seconds": round(result.seconds, 3), "skipped": result.skipped,
+        "stopped": result.stopped, "final_checkpoint": str(final) if final else None, **fields,
+        "losses": {str(k): v for k, v in result.losses.items()}})
 
 
 def run_summary(run_dir: Path) -> str:
@@ -49,4 +61,13 @@ def run_summary(run_dir: Path) -> str:
         f"result:           {layout.result}",
         f"data:             {body['skipped']}",
     ]
+    if body.get("stopped"):
+        lines.append(f"stopped early:    {body['stopped']}; continue with train.resume=auto "
+                     f"(exit code {EXIT_STOPPED})")
     return "\n".join(lines)
+
+
+def exit_code(run_dir: Path) -> int:
+    """0 for a finished run, EXIT_STOPPED for one stopped on request (its job should be requeued)."""
+    body = json.loads(RunLayout(Path(run_dir)).result.read_text())
+    return EXIT_STOPPED if body.get("stopped") else 0

@@ -30,7 +30,7 @@ from .data.pipeline import ShardStream, SkipCounter, batches
 from .data.prefetch import Prefetched, Prefetcher
 from .engines import Engine, EngineSettings, make_engine, world_from_env
 from .faults import maybe_crash
-from .fsio import atomic_write_json, atomic_write_text
+from .fsio import atomic_write_text
 from .layout import RunLayout
 from .lora import inject_lora, lora_parameters, peft_config
 from .models import Conditions, ModelSpec, get_spec
@@ -40,7 +40,8 @@ from .precision import ComponentDtypes, dtype_census, kept_fp32_dtypes
 from .preflight import preflight
 from .runtime import Precision, apply_attention, peak_memory_bytes, resolve_attention, resolve_device
 from .schedule import lr_at
-from .summary import TrainResult
+from .stopping import StopRequests
+from .summary import TrainResult, write_result
 
 log = logging.getLogger("lorabench.train")
 
@@ -246,7 +247,11 @@ class Trainer:
             result.seconds = time.perf_counter() - start
             log.info("%s", result.skipped)
             if self.is_main:
-                self._write_result(result)
+                write_result(self.layout, result, world_size=self.world_size, engine=self.engine.description,
+                             memory_per_rank=self.memory_per_rank, component_dtypes=self.dtypes.to_dict(),
+                             param_dtypes=self.param_dtypes,
+                             memory_plan=self.memory_plan.to_dict() if self.memory_plan else None,
+                             **self.position.skip_counter().report(examples=True))
             self.engine.barrier()
         finally:
             self.engine.close()
@@ -265,6 +270,7 @@ class Trainer:
             cb.on_start(self)
         position = DataPosition(*self._snapshot())
         batch_iter = self._batches()
+        stops = StopRequests(self.layout, self.engine)
         try:
             ck = cfg.checkpoint
             while self.step < cfg.train.max_steps:
@@ -273,9 +279,14 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_step(self, metrics)
                 maybe_crash(cfg.debug, self.layout, self.step, self.rank, "after_step")
-                if self.step % ck.every_steps == 0 or (ck.save_final and self.step == cfg.train.max_steps):
+                stop = stops.requested()  # e.g. SLURM's pre-timeout signal: checkpoint now, then exit
+                if stop or self.step % ck.every_steps == 0 or (ck.save_final and self.step == cfg.train.max_steps):
                     result.checkpoints.append(self.checkpoints.save(self.step, position))
-            position.skip_counter().check(cfg.data.max_bad_fraction, final=True)
+                if stop:
+                    result.stopped = stops.honoured(stop, self.step)
+                    break
+            else:
+                position.skip_counter().check(cfg.data.max_bad_fraction, final=True)
         finally:
             if isinstance(batch_iter, Prefetcher):
                 batch_iter.close()
@@ -286,14 +297,3 @@ class Trainer:
         result.skipped = position.skip_counter().summary()
         return result
 
-    def _write_result(self, result: TrainResult) -> None:
-        """result.json in the run folder: what a driver (Ray, SLURM) reports when the job ends."""
-        final = result.final_checkpoint or self.layout.latest_checkpoint()
-        atomic_write_json(self.layout.result, {
-            "steps": result.steps, "seconds": round(result.seconds, 3), "skipped": result.skipped,
-            "world_size": self.world_size, "engine": self.engine.description,
-            "final_checkpoint": str(final) if final else None, "memory_per_rank": self.memory_per_rank,
-            "component_dtypes": self.dtypes.to_dict(), "param_dtypes": self.param_dtypes,
-            "memory_plan": self.memory_plan.to_dict() if self.memory_plan else None,
-            **self.position.skip_counter().report(examples=True),
-            "losses": {str(k): v for k, v in result.losses.items()}})
