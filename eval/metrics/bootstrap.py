@@ -42,8 +42,9 @@ def bootstrap_replicates(stat: Callable[..., float], samples: Sequence[np.ndarra
 
 
 def centred_interval(value: float, stat: Callable[..., float], samples: Sequence[np.ndarray], *,
-                     n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> tuple[Optional[tuple[float, float]],
-                                                                          dict[str, Any]]:
+                     n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+                     replicates: Optional[Callable[[int, int], np.ndarray]] = None
+                     ) -> tuple[Optional[tuple[float, float]], dict[str, Any]]:
     """For biased two-sample statistics (FID, FVD): the replicate spread re-centred on the value.
 
     value + (q2.5 - q50, q97.5 - q50). Why not the plain percentile interval: a Fréchet distance
@@ -52,13 +53,14 @@ def centred_interval(value: float, stat: Callable[..., float], samples: Sequence
     FID 42.7 had the percentile interval [79, 82], which never covers its own value. Re-centring
     keeps the spread (slightly conservative in simulation) around the reported number. Returns
     the interval and details (raw percentile interval, replicate median, method).
+    ``replicates(n_boot, seed)``, when given, computes the same replicates a faster way.
     """
     arrays = [np.asarray(s) for s in samples]
     method = {"ci95_method": f"bootstrap over {'both sets' if len(arrays) > 1 else 'samples'} (n_boot={n_boot}, "
                              f"seed={seed}), 2.5-97.5% replicate spread re-centred on the value"}
     if n_boot <= 0 or any(len(a) < 2 for a in arrays):
         return None, method
-    reps = bootstrap_replicates(stat, arrays, n_boot, seed)
+    reps = replicates(n_boot, seed) if replicates is not None else bootstrap_replicates(stat, arrays, n_boot, seed)
     if len(reps) < n_boot / 2:
         return None, method
     lo, mid, hi = np.quantile(reps, [0.025, 0.5, 0.975])
@@ -71,3 +73,17 @@ def mean_with_ci(per_sample: np.ndarray, *, n_boot: int = DEFAULT_BOOTSTRAP, see
     """Mean of per-sample values and its bootstrap interval (for per-video quality metrics)."""
     x = np.asarray(per_sample, dtype=np.float64)
     return float(x.mean()), bootstrap_ci(lambda a: a.mean(), [x], n_boot=n_boot, seed=seed)
+
+
+def frechet_interval(value: float, a: np.ndarray, b: np.ndarray, *, n_boot: int = DEFAULT_BOOTSTRAP,
+                     seed: int = 0) -> tuple[Optional[tuple[float, float]], dict[str, Any]]:
+    """:func:`centred_interval` of a Fréchet distance (FID, FVD): with fewer samples than feature
+    dimensions the replicates come from Gram matrices (:mod:`.gram`, the same values, ~100x
+    faster at 1,000 x 2,048), otherwise from the covariances."""
+    from .frechet import frechet_from_features
+    from .gram import frechet_replicates, gram_is_faster
+    fast = gram_is_faster(a, b)
+    ci, how = centred_interval(value, frechet_from_features, [a, b], n_boot=n_boot, seed=seed,
+                               replicates=(lambda n, s: frechet_replicates(a, b, n, s)) if fast else None)
+    how["ci95_replicates_via"] = "Gram matrices (N < D)" if fast else "covariances"
+    return ci, how

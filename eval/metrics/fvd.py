@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from .base import MetricResult, small_sample_warnings
-from .bootstrap import DEFAULT_BOOTSTRAP, centred_interval
+from .bootstrap import DEFAULT_BOOTSTRAP, frechet_interval
 from .frechet import frechet_from_features
 from .i3d import NUM_CLASSES, RANDOM_WEIGHTS_NOTE
 from .spec import Extractor, MetricInputs, MetricSpec
@@ -61,7 +61,7 @@ def fvd(gen_feats: np.ndarray, real_feats: np.ndarray, *, n_boot: int = DEFAULT_
         return result
     value = frechet_from_features(gen, real)
     # Re-centred: plain percentile intervals of a biased distance miss the value itself.
-    ci, how = centred_interval(value, frechet_from_features, [gen, real], n_boot=n_boot, seed=seed)
+    ci, how = frechet_interval(value, gen, real, n_boot=n_boot, seed=seed)
     info.update(how)
     return MetricResult(name="fvd", value=value, n=len(gen), ci95=ci, n_ref=len(real), details=info,
                         warnings=warnings)
