@@ -53,6 +53,7 @@ ReturnToService=2
 MpiDefault=none
 JobRequeue=1
 MinJobAge=600
+SchedulerParameters=sched_interval=2
 KillWait=10
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool

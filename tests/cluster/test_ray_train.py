@@ -42,7 +42,10 @@ def _max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("point", ["after_step", "during_save"])
+# A kill during the final save is the harder case (a torn checkpoint, then Ray's restart); a clean
+# stop-and-resume between steps is covered through SLURM's requeue (tests/cluster/test_slurm.py) and
+# in-process (tests/training/test_stopping.py), which keeps this 40 s Ray run to one crash point.
+@pytest.mark.parametrize("point", ["during_save"])
 def test_killed_worker_is_restarted_and_finishes_like_an_uninterrupted_run(
         local_ray, reference_adapter, tiny_wan, video_shards, tmp_path, point):
     from cluster.train import run

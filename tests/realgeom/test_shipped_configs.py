@@ -198,30 +198,26 @@ def test_shipped_eval_config_base_vs_adapter(config, real, metric_models, tmp_pa
 
 
 @pytest.mark.parametrize("config", TRAIN, ids=lambda p: p.stem)
-def test_precompute_at_real_widths_writes_what_it_announced_and_trains_from_it(config, real, tmp_path):
+def test_precompute_at_real_widths_writes_what_it_announced(config, real, tmp_path):
     """The latent cache of a shipped config on its real-width model in the config's own dtypes:
-    the bytes announced before starting are the bytes written, and a step trains from it."""
+    the bytes announced before starting are the bytes written (training from a cache is tested
+    on the tiny models, tests/training/cache)."""
     import tarfile
 
     from safetensors.torch import load as load_tensors
 
     from training.cache.precompute import plan_precompute, run_local
     from training.config import load_config
-    from training.trainer import Trainer
     name = _real_name(config)
     w, h, f = SIZES[name]
     cache = tmp_path / "cache"
-    overrides = [f"model.path={real.model(name)}", f"data.shards={real.shards(name)}", f"output_dir={tmp_path}",
-                 f"data.width={w}", f"data.height={h}", f"data.frames={f}", *_text_length(name, "data"),
-                 f"data.cache={cache}", "train.max_steps=1", "train.grad_accum=1", "optim.warmup_steps=0",
-                 "log.progress=false", "log.tensorboard=false"]
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, [f"model.path={real.model(name)}", f"data.shards={real.shards(name)}",
+                               f"output_dir={tmp_path}", f"data.width={w}", f"data.height={h}", f"data.frames={f}",
+                               *_text_length(name, "data"), f"data.cache={cache}"])
     plan = plan_precompute(cfg)
-    assert run_local(plan, device="cpu")["encoded"] == 4
+    assert run_local(plan, device="cpu", progress=False)["encoded"] == 4
     with tarfile.open(next((cache / "shards").glob("*.tar"))) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".safetensors"))
         tensors = load_tensors(tar.extractfile(member).read())
     assert plan.bytes_per_sample == sum(t.numel() * t.element_size() for t in tensors.values())
     assert {str(t.dtype) for k, t in tensors.items() if k.startswith("cond.")} == {"torch.bfloat16"}
-    result = Trainer(cfg).run()
-    assert result.steps == 1 and torch.isfinite(torch.tensor(result.losses[1]))

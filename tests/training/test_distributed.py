@@ -98,7 +98,7 @@ def _bf16_representable(t: torch.Tensor) -> bool:
     return bool(torch.equal(t.bfloat16().float(), t))
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
+@pytest.mark.parametrize("stage", [0, 3])  # unpartitioned and fully partitioned (ZeRO-2 lies between)
 def test_bf16_under_zero_keeps_fp32_masters_and_fp32_kept_modules(stage, tiny_wan, video_shards, tmp_path):
     """bf16 under DeepSpeed = the local bf16 run: same losses, fp32 LoRA masters saved, Wan's
     fp32-kept modules (scale_shift_table, norms, time embedder) still fp32 on every rank."""
