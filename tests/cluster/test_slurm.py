@@ -163,6 +163,14 @@ def test_a_two_worker_ray_training_runs_through_sbatch(slurm, uninterrupted):
     assert '"steps": 24' in result and '"world_size": 2' in result
     assert load_adapter_tensors(run / "checkpoints" / "step-0000024")
     assert list((run / "slurm" / "ray-logs").iterdir())  # Ray's node-local logs copied to the run folder
+    # The driver's console through Ray's relay, as a user reads it in the job log: progress as
+    # plain lines, the run summary, none of the library notices.
+    assert "\r" not in log and "train: 24/24 (100%)" in log
+    for noise in ("requires torchvision", "Setting accelerator to CPU", "Loading pipeline components",
+                  "built successfully", "all_gather_into_tensor"):
+        assert noise not in log, noise
+    for line in ("run dir:", "final checkpoint:", "metrics:", "result:", "wall time:"):
+        assert line in log, line
 
 
 @pytest.mark.slurm
