@@ -19,8 +19,7 @@ from eval.config import EvalConfig, load_eval_config
 from eval.generation import Plan
 from eval.worker import SampleWorker, TaskResult
 from training.config import ConfigError
-from training.console import quiet_third_party
-from training.errors import run_entry, split_debug_flag
+from cluster.entry import driver_main
 
 log = logging.getLogger("lorabench.cluster")
 
@@ -116,21 +115,15 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     return finish(plan, records, progress=progress)
 
 
+def _body(argv: list[str]) -> int:
+    from eval.results import summary_text
+    print(summary_text(run(load_eval_config(argv[0], argv[1:]))))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ + "\nusage: python -m cluster.eval CONFIG [key=value ...]\n"
-              "  e.g. parallel.num_workers=4 parallel.use_gpu=true prompts.samples_per_prompt=4")
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def body() -> int:
-        from eval.results import summary_text
-        quiet_third_party()
-        print(summary_text(run(load_eval_config(argv[0], argv[1:]))))
-        return 0
-
-    return run_entry("cluster.eval", body, debug=debug)
+    return driver_main("cluster.eval", __doc__, "usage: python -m cluster.eval CONFIG [key=value ...]\n"
+                       "  e.g. parallel.num_workers=4 parallel.use_gpu=true prompts.samples_per_prompt=4", _body, argv)
 
 
 if __name__ == "__main__":

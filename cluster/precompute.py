@@ -17,9 +17,9 @@ import time
 from typing import Any, Optional
 
 from training.cache.precompute import PrecomputePlan, plan_precompute, previous_file, run_local
+from cluster.entry import driver_main
 from training.config import RunConfig, load_config
 from training.console import quiet_third_party
-from training.errors import run_entry, split_debug_flag
 
 log = logging.getLogger("lorabench.cluster")
 
@@ -106,22 +106,17 @@ def summary_text(totals: dict[str, Any]) -> str:
             f"cache: {totals['cache']} (train from it with data.cache={totals['cache']})")
 
 
+def _body(argv: list[str]) -> int:
+    verify = "--verify" in argv
+    args = [a for a in argv if a != "--verify"]
+    print(summary_text(run(load_config(args[0], args[1:]), verify=verify)))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ + "\nusage: python -m cluster.precompute CONFIG [--verify] [key=value ...]\n"
-              "  e.g. data.cache=/shared/cache/wan-480p parallel.backend=ray parallel.num_workers=8 parallel.use_gpu=true")
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def body() -> int:
-        quiet_third_party()
-        verify = "--verify" in argv
-        args = [a for a in argv if a != "--verify"]
-        print(summary_text(run(load_config(args[0], args[1:]), verify=verify)))
-        return 0
-
-    return run_entry("cluster.precompute", body, debug=debug)
+    return driver_main("cluster.precompute", __doc__, "usage: python -m cluster.precompute CONFIG [--verify] "
+                       "[key=value ...]\n  e.g. data.cache=/shared/cache/wan-480p parallel.backend=ray "
+                       "parallel.num_workers=8 parallel.use_gpu=true", _body, argv)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from cluster.entry import driver_main
 from training.config import ConfigError, ParallelSettings, RunConfig, load_config
 from training.console import quiet_third_party
-from training.errors import run_entry, split_debug_flag
 
 log = logging.getLogger("lorabench.cluster")
 
@@ -203,23 +203,17 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             ray.shutdown()
 
 
+def _body(argv: list[str]) -> int:
+    from training.summary import exit_code
+    body = run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]]))
+    print_summary(body)
+    return exit_code(Path(body["run_dir"]))  # 75 when stopped on request (SLURM requeues on it)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__ + "\nusage: python -m cluster.train CONFIG [key=value ...]\n"
-              "  (parallel.backend=ray is implied; e.g. parallel.num_workers=2 "
-              "deepspeed.config=configs/deepspeed/zero2.json)")
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def body() -> int:
-        quiet_third_party()
-        from training.summary import exit_code
-        body = run(load_config(argv[0], ["parallel.backend=ray", *argv[1:]]))
-        print_summary(body)
-        return exit_code(Path(body["run_dir"]))  # 75 when stopped on request (SLURM requeues on it)
-
-    return run_entry("cluster.train", body, debug=debug)
+    return driver_main("cluster.train", __doc__, "usage: python -m cluster.train CONFIG [key=value ...]\n"
+                       "  (parallel.backend=ray is implied; e.g. parallel.num_workers=2 "
+                       "deepspeed.config=configs/deepspeed/zero2.json)", _body, argv)
 
 
 def print_summary(body: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import torch
 
 from training.callbacks import Callback
@@ -14,6 +15,8 @@ from training.summary import exit_code
 from training.trainer import Trainer
 
 from ..conftest import load_adapter_tensors, tiny_config
+
+pytestmark = pytest.mark.slow  # three tiny training runs end to end
 
 COMMON = ("train.max_steps=5", "checkpoint.every_steps=100", "log.tensorboard=false")
 

@@ -23,6 +23,10 @@ from training.trainer import Trainer
 
 from ...conftest import tiny_config
 
+# Each test precomputes or trains tiny models end to end (~1 s each, ~25 s together): the slow
+# tier, so the quick tier stays near two minutes.
+pytestmark = pytest.mark.slow
+
 QUIET = ("log.tensorboard=false", "checkpoint.every_steps=1000")
 
 
