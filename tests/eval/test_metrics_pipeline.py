@@ -15,6 +15,9 @@ import scipy.linalg
 
 from .conftest import eval_cfg
 
+# Every metric end to end against its reference (~20 s with the shared fixtures): the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="session")
 def heldout_shards(tmp_path_factory):

@@ -62,6 +62,7 @@ def _loss_drops(losses: dict[int, float], k: int = 10) -> tuple[float, float]:
     return statistics.mean(values[:k]), statistics.mean(values[-k:])
 
 
+@pytest.mark.slow  # ~5 s of tiny training: outside the quick tier
 def test_wan_loss_decreases(tiny_wan, video_shards, tmp_path):
     cfg = tiny_config("wan", tiny_wan, video_shards, tmp_path, "train.max_steps=60",
                       "checkpoint.every_steps=1000", "log.tensorboard=false")
@@ -71,6 +72,7 @@ def test_wan_loss_decreases(tiny_wan, video_shards, tmp_path):
     assert last < first * 0.95, (first, last)
 
 
+@pytest.mark.slow  # ~5 s of tiny training: outside the quick tier
 def test_sd3_trains_and_loss_decreases(tiny_sd3, image_shards, tmp_path):
     cfg = tiny_config("sd3", tiny_sd3, image_shards, tmp_path, "train.max_steps=100",
                       "checkpoint.every_steps=50", "log.tensorboard=false")
@@ -91,6 +93,7 @@ def test_wan22_ti2v_layout_trains(tiny_wan_ti2v, video_shards, tmp_path):
     assert result.steps == 2 and all(v == v for v in result.losses.values())
 
 
+@pytest.mark.slow  # ~5 s of tiny training: outside the quick tier
 def test_exact_resume_matches_uninterrupted_run(tiny_wan, video_shards, tmp_path):
     # LoRA dropout > 0 makes the global RNG matter too; batches cross an epoch boundary
     # (3 shards x 16 samples = 48 < 12 steps x 4).
@@ -171,6 +174,7 @@ def test_saved_adapter_loads_in_diffusers_and_peft_exactly(tiny_wan, video_shard
     assert all(k.startswith(PEFT_PREFIX) for k in load_file(str(ckpt / "adapter_model.safetensors")))
 
 
+@pytest.mark.slow  # ~5 s of tiny training: outside the quick tier
 def test_bad_samples_are_counted_and_threshold_fails(tiny_wan, video_shards, tmp_path):
     from training.data.synthetic import make_bad_shard
 
