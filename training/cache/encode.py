@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ from ..models import get_spec
 from ..precision import ComponentDtypes, component_role
 from ..runtime import resolve_device
 from .settings import CacheSettings
-from .store import META, SHARD_DIR, TENSORS, ShardWriter, cache_shard_name, pack_tensors, sample_key, source_identity
+from .store import (SHARD_DIR, DamagedMember, ShardWriter, cache_shard_name, pack_tensors, read_member, sample_key,
+                    source_identity)
 
 log = logging.getLogger("lorabench.cache")
 
@@ -34,12 +34,10 @@ def _old_members(path: Optional[Path]) -> dict[str, tuple[dict[str, Any], Option
     try:
         for raw in raw_samples(str(path)):
             try:
-                meta = json.loads(raw[META])
-            except (KeyError, ValueError):
+                meta, data = read_member(raw, f"{path}:{raw['__key__']}")
+            except DamagedMember:
                 continue
-            data = raw.get(TENSORS)
-            if meta.get("skip") or (data is not None and sha256_bytes(data) == meta.get("tensors_sha256")):
-                out[meta["key"]] = (meta, data)
+            out[meta["key"]] = (meta, data)
     except Exception as e:  # a torn or foreign file: start this shard over
         log.warning("not reusing %s: %s", path, e)
     return out

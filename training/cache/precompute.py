@@ -6,7 +6,6 @@ in the index as soon as it is written, so an interrupted precompute resumes with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -122,20 +121,17 @@ def _current(index: CacheIndex, source: str, count: int) -> bool:
 
 
 def damaged_members(path: Path) -> list[str]:
-    """Keys of the members of a cache shard whose tensors do not match their recorded sha256."""
+    """Keys of the members of a cache shard that are unreadable or whose tensors do not match
+    their recorded sha256."""
     from ..data.reader import raw_samples
-    from ..fsio import sha256_bytes
-    from .store import META, TENSORS
+    from .store import DamagedMember, read_member
 
     bad = []
     try:
         for raw in raw_samples(str(path)):
             try:
-                meta = json.loads(raw[META])
-            except (KeyError, ValueError):
-                bad.append(raw["__key__"])
-                continue
-            if not meta.get("skip") and sha256_bytes(raw.get(TENSORS, b"")) != meta.get("tensors_sha256"):
+                read_member(raw, f"{path}:{raw['__key__']}")
+            except DamagedMember:
                 bad.append(raw["__key__"])
     except Exception:
         return ["<unreadable shard>"]

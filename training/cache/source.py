@@ -3,16 +3,14 @@ conditions of each sample, checked against this run's settings and their recorde
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from ..config import RunConfig
 from ..data.decode import BadSample
 from ..data.reader import raw_samples
-from ..fsio import sha256_bytes
 from .settings import CacheSettings, default_memo
-from .store import META, REPAIR_HINT, TENSORS, CacheError, CacheIndex, unpack_tensors
+from .store import REPAIR_HINT, CacheError, CacheIndex, DamagedMember, read_member, unpack_tensors
 
 
 class CachedSource:
@@ -40,18 +38,14 @@ class CachedSource:
     def __call__(self, sample: dict[str, Any], where: str) -> tuple[dict[str, Any], Optional[str]]:
         key = sample["__key__"]
         try:
-            meta = json.loads(sample[META])
-        except (KeyError, ValueError) as e:
-            raise CacheError(f"cache member {where}: no readable {META} ({e}); {REPAIR_HINT}") from None
+            meta, data = read_member(sample, where)
+        except DamagedMember as e:
+            raise CacheError(f"{e}; run `lorabench precompute CONFIG --verify` with this run's config: it finds "
+                             f"damaged members and recomputes only those") from None
         if meta.get("settings") != self.digest:
             raise CacheError(f"cache member {where} was computed with other settings than its index says "
                              f"(a shard copied from another cache?); {REPAIR_HINT}")
         if meta.get("skip"):  # a sample precompute skipped, for the reason training would have
             raise BadSample(meta["skip"], f"{meta.get('detail', '')} (source {meta.get('source')})")
-        data = sample.get(TENSORS)
-        if data is None or sha256_bytes(data) != meta.get("tensors_sha256"):
-            raise CacheError(f"cache member {where}.{TENSORS} is missing or damaged (its sha256 does not match "
-                             f"the one recorded at precompute); run `lorabench precompute CONFIG --verify` with this run's "
-                             f"config: it finds damaged members and recomputes only those")
         posterior, cond = unpack_tensors(data)
         return {"key": key, "posterior": posterior, "cond": cond, "caption": meta.get("caption", "")}, meta.get("kept")

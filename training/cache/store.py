@@ -42,6 +42,24 @@ class CacheError(LorabenchError, ValueError):
     """A latent cache that is missing, damaged, stale or made with other settings."""
 
 
+class DamagedMember(CacheError):
+    """A cache member whose meta is unreadable or whose tensors do not match their recorded sha256."""
+
+
+def read_member(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], Optional[bytes]]:
+    """A cache member's meta and tensor bytes, checked against the recorded sha256 (a skip record
+    has no tensors); raises :class:`DamagedMember` naming ``where`` and what is wrong."""
+    try:
+        meta = json.loads(raw[META])
+    except (KeyError, ValueError) as e:
+        raise DamagedMember(f"cache member {where}: no readable {META} ({e})") from None
+    data = raw.get(TENSORS)
+    if not meta.get("skip") and (data is None or sha256_bytes(data) != meta.get("tensors_sha256")):
+        raise DamagedMember(f"cache member {where}.{TENSORS} is missing or damaged (its sha256 does not match "
+                            f"the one recorded at precompute)")
+    return meta, data
+
+
 def cache_shard_name(source: str) -> str:
     """File name of the cache shard of ``source``: its stem plus a hash of the full source name
     (two sources named ``000.tar`` in different folders get different cache shards)."""
