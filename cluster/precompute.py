@@ -45,9 +45,8 @@ def run_ray(plan: PrecomputePlan, progress: bool = True) -> dict[str, Any]:
     from ray.util import ActorPool
 
     from training.console import progress as progress_bar
-    totals = {"shards": 0, "samples": 0, "encoded": 0, "reused": 0}
     if not plan.todo:
-        return totals
+        return plan.totals
     par = plan.cfg.parallel
     n = min(par.num_workers, len(plan.todo))
     actor_cls = ray.remote(num_cpus=par.cpus_per_worker, num_gpus=1 if par.use_gpu else 0)(PrecomputeWorker)
@@ -64,15 +63,12 @@ def run_ray(plan: PrecomputePlan, progress: bool = True) -> dict[str, Any]:
                 cause = getattr(e, "cause", None)  # the actor's own error (DataError naming the sample...)
                 raise (cause if isinstance(cause, Exception) else e) from None
             plan.record(source, entry)
-            for k in ("samples", "encoded", "reused"):
-                totals[k] += entry[k]
-            totals["shards"] += 1
             bar.update(entry["samples"])
     finally:
         bar.close()
         for a in actors:
             ray.kill(a)
-    return totals
+    return plan.totals
 
 
 def run(cfg: RunConfig, progress: bool = True, verify: bool = False) -> dict[str, Any]:
@@ -80,8 +76,8 @@ def run(cfg: RunConfig, progress: bool = True, verify: bool = False) -> dict[str
     start = time.perf_counter()
     plan = plan_precompute(cfg, verify=verify)
     print(plan.describe(), flush=True)
-    if cfg.parallel.backend == "none" or not plan.todo:
-        totals = run_local(plan, progress=progress) if plan.todo else {"shards": 0, "samples": 0, "encoded": 0, "reused": 0}
+    if cfg.parallel.backend == "none" or not plan.todo:  # nothing to do: no Ray start
+        totals = run_local(plan, progress=progress)
     else:
         import ray
 

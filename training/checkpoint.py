@@ -30,7 +30,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .errors import LorabenchError, exception_chain
-from .fsio import existing_ancestor, fsync_dir, sha256_file, sha256_json
+from .fsio import existing_ancestor, fsync_dir, human_bytes, sha256_file, sha256_json
 from .layout import CKPT_CONFIG, MANIFEST, RunLayout, manifest_problem
 
 STATE_FILE = "state.json"
@@ -236,14 +236,6 @@ def checkpoint_bytes(folder: Path) -> int:
     return total
 
 
-def _human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def _mount_point(path: Path) -> Path:
     """The mount point of the filesystem holding ``path`` (the top folder on the same device)."""
     path = existing_ancestor(path.resolve())
@@ -284,9 +276,9 @@ def space_shortfall(layout: RunLayout, step: int) -> Optional[str]:
     if last is None or free >= need:
         return None
     return (f"not enough space to save checkpoint {layout.checkpoint(step).name} into {layout.checkpoints}: "
-            f"a checkpoint of this run takes {_human(need)} (the size of {last.name}) and the filesystem "
-            f"at {mount} has {_human(free)} free; nothing was written and {last.name} is intact: free at "
-            f"least {_human(need - free)} more on {mount}, then resume with train.resume=auto")
+            f"a checkpoint of this run takes {human_bytes(need)} (the size of {last.name}) and the filesystem "
+            f"at {mount} has {human_bytes(free)} free; nothing was written and {last.name} is intact: free at "
+            f"least {human_bytes(need - free)} more on {mount}, then resume with train.resume=auto")
 
 
 @contextlib.contextmanager
@@ -308,11 +300,11 @@ def space_errors(layout: RunLayout, step: int, tmp: Path, *, cleanup: bool = Tru
         last, need, mount, free = _space_report(layout)
         what, todo = _SPACE_ERRNOS[code]
         # Free space after the cleanup is back to what the save started with; it needed more.
-        amount = f"make more than {_human(written)} free"
+        amount = f"make more than {human_bytes(written)} free"
         if last is not None:
-            size = f"a checkpoint of this run takes {_human(need)} (the size of {last.name})"
+            size = f"a checkpoint of this run takes {human_bytes(need)} (the size of {last.name})"
             if need > free:
-                amount = f"free at least {_human(need - free)} more"
+                amount = f"free at least {human_bytes(need - free)} more"
             kept = f"{last.name} is intact"
         else:
             size = "the first checkpoint of this run needs more than that"
@@ -320,7 +312,7 @@ def space_errors(layout: RunLayout, step: int, tmp: Path, *, cleanup: bool = Tru
         partial = "The partial save was removed" if cleanup else f"The partial save {tmp} is removed by the next save"
         raise CheckpointSpaceError(
             f"cannot save checkpoint {layout.checkpoint(step).name} into {layout.checkpoints}: {what} "
-            f"after writing {_human(written)}; {size}, and the filesystem at {mount} has {_human(free)} "
+            f"after writing {human_bytes(written)}; {size}, and the filesystem at {mount} has {human_bytes(free)} "
             f"free. {partial} and {kept}: {todo.format(amount=amount, mount=mount)}, then resume with "
             f"train.resume=auto") from e
 

@@ -100,6 +100,15 @@ def sha256_json(data: Any) -> str:
     return sha256_bytes(json.dumps(data, sort_keys=True, default=str).encode())
 
 
+def human_bytes(n: float) -> str:
+    """``512 bytes``, ``1.5 KiB`` ... ``2.0 TiB``: sizes in messages."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def existing_ancestor(path: PathLike) -> Path:
     """``path`` itself if it exists, else its deepest existing parent (``/`` at worst)."""
     path = Path(path)

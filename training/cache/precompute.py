@@ -16,6 +16,7 @@ from ..config import ConfigError, RunConfig
 from ..data.index import scan_shards
 from ..data.shards import list_shards
 from ..models import get_spec
+from ..fsio import human_bytes
 from ..outputs import check_writable_dir
 from ..precision import DTYPES, ComponentDtypes
 from .settings import CacheSettings, default_memo
@@ -34,6 +35,8 @@ class PrecomputePlan:
     todo: list[str]              # source shards to (re)compute, in list order
     bytes_per_sample: int
     bad_shards: list[str] = field(default_factory=list)
+    #: what this run has written so far (``record`` adds each finished shard)
+    totals: dict[str, int] = field(default_factory=lambda: {"shards": 0, "samples": 0, "encoded": 0, "reused": 0})
 
     @property
     def samples(self) -> int:
@@ -47,23 +50,18 @@ class PrecomputePlan:
         done = len(self.counts) - len(self.todo)
         total = self.bytes_per_sample * self.samples
         return (f"precompute: {len(self.counts)} source shard(s), {self.samples} samples -> {self.root}\n"
-                f"  writes {_human(self.bytes_per_sample)} of tensors per sample (latents + text embeddings), "
-                f"{_human(total)} in all (plus ~2 KiB per sample of tar headers and metadata); {done} shard(s) already cached and current, {len(self.todo)} to do "
+                f"  writes {human_bytes(self.bytes_per_sample)} of tensors per sample (latents + text embeddings), "
+                f"{human_bytes(total)} in all (plus ~2 KiB per sample of tar headers and metadata); {done} shard(s) already cached and current, {len(self.todo)} to do "
                 f"({self.todo_samples} samples)"
                 + (f"; {len(self.bad_shards)} bad source shard(s) left out" if self.bad_shards else ""))
 
     def record(self, source: str, entry: dict[str, Any]) -> None:
-        """A finished shard: into the index at once (atomically), so a crash keeps it."""
+        """A finished shard: into the index at once (atomically), so a crash keeps it; counted."""
         self.index.shards[source] = entry
         self.index.save()
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
+        for k in ("samples", "encoded", "reused"):
+            self.totals[k] += entry[k]
+        self.totals["shards"] += 1
 
 
 def bytes_per_sample(cfg: RunConfig, settings: CacheSettings) -> int:
@@ -155,21 +153,17 @@ def run_local(plan: PrecomputePlan, device: str = "auto",
     from ..console import progress as progress_bar
     from .encode import CacheEncoder
 
-    totals = {"shards": 0, "samples": 0, "encoded": 0, "reused": 0}
     if not plan.todo:
-        return totals
+        return plan.totals
     encoder = CacheEncoder(plan.cfg, plan.settings, device=device)
     bar = progress_bar(total=plan.todo_samples, desc="precompute", unit="sample", disable=not progress)
     try:
         for source in plan.todo:
             entry = encoder.encode_shard(source, plan.root, previous_file(plan, source))
             plan.record(source, entry)
-            for k in ("samples", "encoded", "reused"):
-                totals[k] += entry[k]
-            totals["shards"] += 1
             bar.update(entry["samples"])
             if on_shard is not None:
                 on_shard(source, entry)
     finally:
         bar.close()
-    return totals
+    return plan.totals
