@@ -94,13 +94,10 @@ def write_results(cfg: EvalConfig, layout: EvalLayout, info: EvalInfo, records: 
             "group": v.group, "warnings": list(v.warnings),
             "proof": json.loads(proof.read_text()) if proof.is_file() else None,
             "n_samples": sum(1 for r in records if r["variant"] == v.name),
-            "metrics": {k: m.to_dict() for k, m in vm.items()}}
-    base = per_variant.get("base")
-    if base:
-        for name, pv in per_variant.items():
-            pv["delta_vs_base"] = {k: m["value"] - base["metrics"][k]["value"] for k, m in pv["metrics"].items()
-                                   if name != "base" and m["value"] is not None and k in base["metrics"]
-                                   and base["metrics"][k]["value"] is not None}
+            "metrics": {k: m.to_dict() for k, m in vm.items()},
+            # Paired over the same prompts and seeds, each with its own interval (metrics.paired)
+            "delta_vs_base": metrics.deltas.get(v.name, {}).get("vs_base", {}).get("metrics", {}),
+            "delta_vs_previous": metrics.deltas.get(v.name, {}).get("vs_previous")}
     samples = [dict(r, metrics=metrics.per_sample.get(r["variant"], {}).get(r["sample_id"], {})) for r in records]
     body = {
         "schema": SCHEMA_VERSION, "eval": cfg.name,
@@ -134,14 +131,23 @@ def recompute(eval_dir: str | Path, overrides: Optional[list[str]] = None, progr
 # ----------------------------------------------------------------------------- presentation
 
 
-def _cell(m: dict[str, Any], delta: Optional[float]) -> str:
+def _delta_text(d: dict[str, Any]) -> str:
+    if d.get("value") is None:
+        return "-"
+    s = f"{d['value']:+.3g}"
+    if d.get("ci95"):
+        s += f" [{d['ci95'][0]:+.3g}, {d['ci95'][1]:+.3g}]" + ("" if d["significant"] else " n.s.")
+    return s
+
+
+def _cell(m: dict[str, Any], delta: Optional[dict[str, Any]]) -> str:
     if m["value"] is None:
         return "skipped"
     s = f"{m['value']:.4g}"
     if m.get("ci95"):
         s += f" [{m['ci95'][0]:.3g}, {m['ci95'][1]:.3g}]"
-    if delta is not None:
-        s += f" ({delta:+.3g})"
+    if delta is not None and delta.get("value") is not None:
+        s += f" ({_delta_text(delta)})"
     if m.get("warnings"):
         s += " ⚠"
     return s
@@ -155,7 +161,8 @@ def markdown(body: dict[str, Any]) -> str:
              f"config {body['config_hash'][:12]} · model {body['model']['path']} · seed {body['seed']} · "
              f"{body['samples_per_prompt']} sample(s) per prompt", "",
              "Values with 95% bootstrap intervals; (±) is the difference from `base` on the same prompts "
-             "and seeds; ⚠ marks a metric with warnings (below).", ""]
+             "and seeds, with its paired 95% interval (bootstrap over prompts); n.s.: the interval contains 0, "
+             "not significant; ⚠ marks a metric with warnings (below).", ""]
     lines.append("| variant | step | scale | n | " + " | ".join(names) + " |")
     lines.append("|---" * (4 + len(names)) + "|")
     for name, v in variants.items():
@@ -163,6 +170,11 @@ def markdown(body: dict[str, Any]) -> str:
         cells = [_cell(v["metrics"][k], deltas.get(k)) if k in v["metrics"] else "-" for k in names]
         lines.append(f"| {name} | {v['step'] if v['step'] is not None else '-'} | "
                      f"{v['scale'] if v['scale'] is not None else '-'} | {v['n_samples']} | " + " | ".join(cells) + " |")
+    steps = [f"- {name} vs {v['delta_vs_previous']['against']}: " + ", ".join(
+        f"{k} {_delta_text(d)}" for k, d in sorted(v["delta_vs_previous"]["metrics"].items()))
+        for name, v in variants.items() if v.get("delta_vs_previous")]
+    if steps:
+        lines += ["", "## Each checkpoint vs the one before (paired, same prompts and seeds)", *steps]
     notes = [f"- {name}: {w}" for name, v in variants.items() for w in v.get("warnings", [])]
     # The same warning for every variant (sample counts, random weights) is listed once.
     seen: dict[str, list[str]] = {}

@@ -21,6 +21,7 @@ import numpy as np
 
 from .base import MetricResult, l2_normalise
 from .bootstrap import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
+from .paired import MeanOf, RowStat
 from .spec import Batch, Extractor, Features, MetricInputs, MetricSpec
 
 if TYPE_CHECKING:
@@ -134,8 +135,15 @@ def _per_sample(feats: Features) -> dict[str, np.ndarray]:
     return {"clip_cosine": _cosines(feats), "temporal_consistency": feats.arrays["temporal"]}
 
 
+def _paired(feats: Features, _ref: Optional[Features], _settings: Any) -> dict[str, RowStat]:
+    # The same formulas as clip_score / temporal_consistency_result, on any rows.
+    return {"clip_score": MeanOf(_cosines(feats), scale=100.0, floor=0.0),
+            "temporal_consistency": MeanOf(np.asarray(feats.arrays["temporal"], dtype=np.float64))}
+
+
 SPEC = MetricSpec(
     key="clip", names=("clip_score", "temporal_consistency"), features=("image_emb", "text_emb", "temporal"),
     extractor=_extractor, compute=_compute, per_sample=_per_sample, setting="metrics.clip.path",
+    paired=_paired, directions=(("clip_score", 1), ("temporal_consistency", 1)),
     unconfigured=lambda: [MetricResult.skip("clip_score", "no CLIP model: set metrics.clip.path to a local CLIP "
                                             "folder (e.g. openai/clip-vit-large-patch14)")])

@@ -25,7 +25,8 @@ import numpy as np
 from .base import MetricResult, frame_indices, small_sample_warnings
 from .bootstrap import DEFAULT_BOOTSTRAP, frechet_interval
 from .frechet import frechet_from_features
-from .spec import Batch, Extractor, MetricInputs, MetricSpec
+from .paired import FrechetOf, RowStat
+from .spec import Batch, Extractor, Features, MetricInputs, MetricSpec
 
 if TYPE_CHECKING:
     from ..config import EvalConfig
@@ -221,6 +222,11 @@ def _unconfigured() -> list[MetricResult]:
     return [MetricResult.skip(name, reason) for name in ("fid", "kid")]
 
 
+def _paired(feats: Features, ref: Optional[Features], _settings: Any) -> dict[str, RowStat]:
+    # A video's frames travel together ([N, k, D]); KID's subset estimator has no paired form here.
+    return {} if ref is None else {"fid": FrechetOf(feats.arrays["features"], ref.arrays["features"])}
+
+
 SPEC = MetricSpec(key="inception", names=("fid", "kid"), features=("features",), extractor=_extractor,
-                  compute=_compute, setting="metrics.fid.extractor", unconfigured=_unconfigured,
+                  compute=_compute, paired=_paired, directions=(("fid", -1), ("kid", -1)), setting="metrics.fid.extractor", unconfigured=_unconfigured,
                   needs_reference=True)

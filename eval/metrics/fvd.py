@@ -17,7 +17,8 @@ from .base import MetricResult, small_sample_warnings
 from .bootstrap import DEFAULT_BOOTSTRAP, frechet_interval
 from .frechet import frechet_from_features
 from .i3d import NUM_CLASSES, RANDOM_WEIGHTS_NOTE
-from .spec import Extractor, MetricInputs, MetricSpec
+from .paired import FrechetOf, RowStat
+from .spec import Extractor, Features, MetricInputs, MetricSpec
 
 if TYPE_CHECKING:
     from ..config import EvalConfig
@@ -84,6 +85,10 @@ def _compute(x: MetricInputs) -> dict[str, MetricResult]:
                        details=x.describe)}
 
 
+def _paired(feats: Features, ref: Optional[Features], _settings: Any) -> dict[str, RowStat]:
+    return {} if ref is None else {"fvd": FrechetOf(feats.arrays["features"], ref.arrays["features"])}
+
+
 SPEC = MetricSpec(key="i3d", names=("fvd",), features=("features",), extractor=_extractor, compute=_compute,
-                  setting=CONFIG_KEY, unconfigured=lambda: [fvd_unavailable(f"{CONFIG_KEY} is not set")],
+                  paired=_paired, directions=(("fvd", -1),), setting=CONFIG_KEY, unconfigured=lambda: [fvd_unavailable(f"{CONFIG_KEY} is not set")],
                   needs_reference=True, modalities=("video",))

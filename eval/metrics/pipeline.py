@@ -21,10 +21,11 @@ from training.fsio import sha256_file, sha256_json
 from ..config import EvalConfig
 from ..manifest import EvalLayout
 from ..media import MediaError, read_media, reference_media
-from ..variants import Variant
+from ..variants import BASE, Variant
 from . import registry
 from .base import MetricResult
 from .features import run_stage
+from .paired import aligned_rows, paired_delta, prompt_clusters
 from .spec import Extractor, Features, MetricInputs, MetricSpec
 
 log = logging.getLogger("lorabench.eval")
@@ -42,6 +43,8 @@ class EvalMetrics:
     variants: dict[str, dict[str, MetricResult]] = field(default_factory=dict)   # variant -> name -> result
     reference: Optional[dict[str, Any]] = None    # the real set two-sample metrics used: shards, n, skipped
     per_sample: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # variant -> sample -> values
+    #: variant -> "vs_base" / "vs_previous" -> {"against": name, "metrics": name -> PairedDelta.to_dict()}
+    deltas: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def check_inputs(cfg: EvalConfig) -> None:
@@ -97,9 +100,10 @@ def compute_metrics(cfg: EvalConfig, layout: EvalLayout, modality: str, variants
         reference, out.reference = _reference_features(cfg, layout, modality, two_sample, progress)
     elif two_sample:
         skips.update((name, MetricResult.skip(name, NO_REFERENCE)) for spec, _ in two_sample for name in spec.names)
+    kept: dict[str, dict[str, Features]] = {}
     for v in variants:
         recs = [r for r in records if r["variant"] == v.name]
-        feats = {spec.key: _variant_features(spec, ex, layout, v.name, recs, cfg.metrics.batch_size, progress)
+        feats = kept[v.name] = {spec.key: _variant_features(spec, ex, layout, v.name, recs, cfg.metrics.batch_size, progress)
                  for spec, ex in stages}
         results = {k: MetricResult.from_dict(r.to_dict()) for k, r in skips.items()}  # own copies per variant
         results.update(_variant_metrics(stages, feats, reference, cfg, modality))
@@ -112,6 +116,55 @@ def compute_metrics(cfg: EvalConfig, layout: EvalLayout, modality: str, variants
                 r.warnings.append(f"{len(unreadable)} sample(s) unreadable and left out: {', '.join(unreadable[:5])}")
         out.variants[v.name] = results
         out.per_sample[v.name] = _per_sample(stages, feats)
+    prompt_of = {r["sample_id"]: r.get("prompt_id", r["sample_id"]) for r in records}
+    for name, kind, against in comparisons(variants):
+        out.deltas.setdefault(name, {})[kind] = {"against": against, "metrics": _paired_deltas(
+            stages, kept[name], kept[against], reference, out.variants[name], out.variants[against], prompt_of, cfg)}
+    return out
+
+
+def comparisons(variants: list[Variant]) -> list[tuple[str, str, str]]:
+    """(variant, "vs_base" | "vs_previous", the variant it is compared with): every adapter
+    variant against base, and each checkpoint against the one before it (same run, same scale)."""
+    out = []
+    names = {v.name for v in variants}
+    previous: dict[tuple[Optional[str], Optional[float]], str] = {}
+    for v in variants:
+        if v.adapter is None:
+            continue
+        if BASE in names:
+            out.append((v.name, "vs_base", BASE))
+        if v.step is not None:
+            key = (v.group, v.scale)
+            if key in previous:
+                out.append((v.name, "vs_previous", previous[key]))
+            previous[key] = v.name
+    return out
+
+
+def _paired_deltas(stages: list[Stage], fa: dict[str, Features], fb: dict[str, Features],
+                   reference: dict[str, Features], ra: dict[str, MetricResult], rb: dict[str, MetricResult],
+                   prompt_of: dict[str, str], cfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Paired deltas (a - b) of every metric both variants have a value for."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec, _ in stages:
+        a, b, ref = fa[spec.key], fb[spec.key], reference.get(spec.key)
+        if spec.needs_reference and ref is None:
+            continue
+        common, rows_a, rows_b = aligned_rows(a.ids, b.ids)
+        clusters = prompt_clusters(common, lambda sid: prompt_of.get(sid, sid))
+        stats_a = spec.paired(a, ref, cfg.metrics) if spec.paired and common else {}
+        stats_b = spec.paired(b, ref, cfg.metrics) if spec.paired and common else {}
+        for name in spec.names:
+            if name not in ra or name not in rb or ra[name].value is None or rb[name].value is None:
+                continue
+            if name in stats_a:
+                out[name] = paired_delta(stats_a[name], stats_b[name], rows_a, rows_b, clusters,
+                                         n_boot=cfg.metrics.bootstrap, seed=cfg.seed).to_dict()
+            else:
+                out[name] = {"value": ra[name].value - rb[name].value, "ci95": None, "significant": None,
+                             "n": len(common), "n_prompts": len(clusters),
+                             "method": f"difference of the values; {name} has no paired interval"}
     return out
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .base import MetricResult
 from .bootstrap import DEFAULT_BOOTSTRAP, mean_with_ci
+from .paired import MeanOf, RowStat
 from .spec import Batch, Extractor, Features, MetricInputs, MetricSpec
 
 if TYPE_CHECKING:
@@ -172,5 +173,13 @@ def _per_sample(feats: Features) -> dict[str, np.ndarray]:
     return {name: feats.arrays[name] for name in ("sharpness", "psnr", "ssim")}
 
 
+def _paired(feats: Features, _ref: Optional[Features], settings: Any) -> dict[str, RowStat]:
+    # aggregate() averages the finite values, as MeanOf does
+    names = (("sharpness",) if settings.sharpness else ()) + ("psnr", "ssim")
+    return {n: MeanOf(np.asarray(feats.arrays[n], dtype=np.float64)) for n in names}
+
+
+# Sharpness has no better direction (a LoRA may rightly soften); PSNR/SSIM against paired real media do.
 SPEC = MetricSpec(key="quality", names=("sharpness", "psnr", "ssim"), features=("sharpness", "psnr", "ssim"),
-                  extractor=_extractor, compute=_compute, per_sample=_per_sample)
+                  extractor=_extractor, compute=_compute, per_sample=_per_sample, paired=_paired,
+                  directions=(("psnr", 1), ("ssim", 1)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from .base import MetricResult
+from .paired import RowStat
 
 if TYPE_CHECKING:
     from ..config import EvalConfig, MetricsConfig
@@ -72,6 +73,13 @@ class MetricSpec:
     modalities: tuple[str, ...] = ("image", "video")
     #: values shown per sample in results.json ``samples[].metrics`` (name -> one value per row)
     per_sample: Optional[Callable[[Features], dict[str, np.ndarray]]] = None
+    #: how each metric follows from rows, for paired deltas between variants (:mod:`.paired`):
+    #: (variant features, reference features or None, settings) -> name -> MeanOf / FrechetOf.
+    #: A metric left out gets the plain difference without interval.
+    paired: Optional[Callable[[Features, Optional[Features], MetricsConfig], dict[str, RowStat]]] = None
+    #: +1 where higher is better, -1 where lower is; a metric not named has no better direction
+    #: (sharpness): regressions (the leaderboard) are only flagged for metrics named here
+    directions: tuple[tuple[str, int], ...] = ()
 
     def configured(self, cfg: EvalConfig) -> Any:
         """The value of ``setting`` in ``cfg`` (True when the spec needs no file)."""

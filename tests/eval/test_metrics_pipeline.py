@@ -69,7 +69,15 @@ def test_results_carry_metadata_metrics_and_deltas(evaluated):
         m = lora["metrics"][name]
         assert m["value"] is not None and m["n"] > 0, name
         assert m["ci95"] is not None and m["ci95"][0] <= m["ci95"][1], name
-        assert lora["delta_vs_base"][name] == pytest.approx(m["value"] - base["metrics"][name]["value"], abs=1e-12)
+        d = lora["delta_vs_base"][name]   # every sample readable: the paired delta is the difference of values
+        assert d["value"] == pytest.approx(m["value"] - base["metrics"][name]["value"], abs=1e-9), name
+        assert d["n"] == lora["n_samples"] and d["n_prompts"] == len({s["prompt_id"] for s in body["samples"]}), name
+        if name == "kid":
+            assert d["ci95"] is None and "no paired interval" in d["method"]
+        elif d["n_prompts"] < 2:    # one prompt: nothing to resample, so no interval
+            assert d["ci95"] is None and d["significant"] is None and "too few prompts" in d["method"], name
+        else:
+            assert d["ci95"][0] <= d["value"] <= d["ci95"][1], name
     fvd = lora["metrics"]["fvd"]
     assert fvd["n"] == 2 and fvd["n_ref"] == 5 and fvd["details"]["frames"] == 9
     assert any("<= feature dimension 400" in w for w in fvd["warnings"])

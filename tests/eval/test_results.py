@@ -19,6 +19,10 @@ def _m(name, value, ci=None, *, warnings=(), skipped=None, details=None, n=4):
                         skipped=skipped).to_dict()
 
 
+def _d(value, ci):
+    return {"value": value, "ci95": list(ci), "significant": not ci[0] <= 0 <= ci[1], "n": 3, "n_prompts": 3}
+
+
 def _body():
     fvd_details = {"reference": "StyleGAN-V FVD", "frames": 16, "n_generated": 4, "std": 3.0,
                    "bootstrap_median": 121.0, "ci95_percentile_raw": [1, 2]}
@@ -34,7 +38,8 @@ def _body():
                                  "clip_score": _m("clip_score", 31.234567, (30.1, 32.4))}},
             "lora@1": {"step": 400, "scale": 1.0, "n_samples": 3, "warnings": ["lora: trained at data.width=32"],
                        "proof": {"summary": "20/20 modules matched", "effect_max_diff": 0.0123},
-                       "delta_vs_base": {"fvd": -20.5, "clip_score": 1.5},
+                       "delta_vs_base": {"fvd": _d(-20.5, (-30.0, -11.0)), "clip_score": _d(1.5, (-0.25, 3.0))},
+                       "delta_vs_previous": {"against": "lora0@1", "metrics": {"fvd": _d(-2.0, (-4.0, -0.5))}},
                        "metrics": {"fvd": _m("fvd", 100.0, (90.5, 110.25), warnings=[SAMPLE_WARNING]),
                                    "clip_score": _m("clip_score", 32.734567, (31.5, 34.0),
                                                     warnings=["clip_score: 1 prompt(s) truncated"]),
@@ -50,11 +55,14 @@ def test_markdown_table_rows_values_intervals_and_deltas():
     # Columns are the metric names, sorted; a variant without a metric shows "-".
     i = lines.index("| variant | step | scale | n | clip_score | fvd | sharpness |")
     assert lines[i + 1] == "|---|---|---|---|---|---|---|"
-    # value to 4 significant digits, the interval to 3, the delta to 3 with its sign, ⚠ for warnings
+    # value to 4 significant digits, the interval to 3, the paired delta to 3 with its sign and its
+    # interval, n.s. where that interval holds 0, ⚠ for warnings
     assert lines[i + 2] == "| base | - | - | 4 | 31.23 [30.1, 32.4] | 120.5 [100, 141] ⚠ | - |"
-    assert lines[i + 3] == ("| lora@1 | 400 | 1.0 | 3 | 32.73 [31.5, 34] (+1.5) ⚠ | 100 [90.5, 110] (-20.5) ⚠ "
-                            "| skipped |")
+    assert lines[i + 3] == ("| lora@1 | 400 | 1.0 | 3 | 32.73 [31.5, 34] (+1.5 [-0.25, +3] n.s.) ⚠ "
+                            "| 100 [90.5, 110] (-20.5 [-30, -11]) ⚠ | skipped |")
     assert lines[i + 4] == ""
+    j = lines.index("## Each checkpoint vs the one before (paired, same prompts and seeds)")
+    assert lines[j + 1] == "- lora@1 vs lora0@1: fvd -2 [-4, -0.5]"
 
 
 def test_markdown_notes_list_a_shared_warning_once_and_name_the_rest():
@@ -122,7 +130,9 @@ def fake_metrics(monkeypatch):
                       "lora@1": {"fvd": MetricResult("fvd", 100.0, 1, (95.0, 105.0)),
                                  "clip_score": MetricResult.skip("clip_score", "no samples")}},
             reference={"shards": "/h", "n": 5, "skipped": "skipped 0 of 5"},
-            per_sample={"base": {"p0-r000": {"clip_cosine": 0.3}}})
+            per_sample={"base": {"p0-r000": {"clip_cosine": 0.3}}},
+            deltas={"lora@1": {"vs_base": {"against": "base", "metrics": {
+                "fvd": {"value": -20.0, "ci95": [-25.0, -15.0], "significant": True}}}}})
 
     monkeypatch.setattr(pipeline, "compute_metrics", compute_metrics)
     return calls
@@ -134,7 +144,9 @@ def test_write_results_writes_what_it_returns(eval_dir, fake_metrics):
     body = write_results(cfg, layout, info, records, workers, progress=False)
     assert fake_metrics[0][2:] == ("video", info.variants, records)
     base, lora = body["variants"]["base"], body["variants"]["lora@1"]
-    assert lora["delta_vs_base"] == {"fvd": -20.0} and base["delta_vs_base"] == {}   # skipped: no delta
+    # deltas are the metrics stage's paired ones, as it computed them
+    assert lora["delta_vs_base"] == {"fvd": {"value": -20.0, "ci95": [-25.0, -15.0], "significant": True}}
+    assert base["delta_vs_base"] == {} and lora["delta_vs_previous"] is None and base["delta_vs_previous"] is None
     assert (lora["adapter"], lora["sha256"], lora["scale"], lora["step"], lora["group"]) == \
            ("/runs/lora.safetensors", "d" * 64, 1.0, 400, "lora")
     assert lora["warnings"] == ["lora: trained at data.width=32"] and lora["proof"] == proof and base["proof"] is None
@@ -151,7 +163,7 @@ def test_write_results_writes_what_it_returns(eval_dir, fake_metrics):
     assert json.loads(text) == body and text.startswith('{\n "config": {')   # indent=1, sorted keys
     md = layout.report.read_text()
     assert md == markdown(body)
-    assert "| lora@1 | 400 | 1.0 | 1 | skipped | 100 [95, 105] (-20) |" in md.splitlines()
+    assert "| lora@1 | 400 | 1.0 | 1 | skipped | 100 [95, 105] (-20 [-25, -15]) |" in md.splitlines()
 
 
 def test_recompute_reads_the_plan_back_typed(eval_dir, fake_metrics):
