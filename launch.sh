@@ -8,6 +8,9 @@
 #   ./launch.sh submit-eval CONFIG [k=v ...]  the same for cluster.eval
 #   ./launch.sh generate ARGS...   (see: ./launch.sh generate --help)
 #   ./launch.sh test [pytest args]
+#   ./launch.sh bench nightly|tiny|FILE.yaml [--new] [k=v ...]  nightly benchmark: train, eval, record, regressions,
+#                                  leaderboard page (configs/bench/NAME.yaml); exit 3 on a regression
+#   ./launch.sh leaderboard add|list|show|export|render ...  the run store (--store FILE or $LORABENCH_STORE)
 #   ./launch.sh bench [dist|eval|memory|cache]  trainer vs hand-written loop; 'dist': 1 vs 2 Ray workers, ZeRO
 #                                  memory; 'eval': generation 1 vs 2 actors, Frechet distance vs scipy;
 #                                  'memory': memory plans of the full-size models (configs only, no weights);
@@ -74,12 +77,17 @@ case "$cmd" in
   submit-eval) setup
     exec "$VENV/bin/ray" job submit --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir "$ROOT" \
       -- python -m cluster.eval "$@" ;;
+  leaderboard) setup; exec "$PY" -m cluster.cli leaderboard "$@" ;;
   bench) setup
+    # A bench config (configs/bench/NAME.yaml or a .yaml path) runs the nightly pipeline; the other
+    # names are the performance measurements under bench/.
+    if [ -n "${1:-}" ] && [ -f "configs/bench/$1.yaml" ]; then set -- "configs/bench/$1.yaml" "${@:2}"; fi
+    case "${1:-}" in *.yaml|*.yml) exec "$PY" -m cluster.cli bench "$@" ;; esac
     if [ "${1:-}" = dist ]; then shift; exec "$PY" -m bench.distributed "$@"; fi
     if [ "${1:-}" = eval ]; then shift; exec "$PY" -m bench.eval "$@"; fi
     if [ "${1:-}" = memory ]; then shift; exec "$PY" -m bench.memory_plan "$@"; fi
     if [ "${1:-}" = cache ]; then shift; exec "$PY" -m bench.cache "$@"; fi
     exec "$PY" -m bench.train_overhead "$@" ;;
-  help|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown command '$cmd' (setup | demo | train | eval | submit | submit-eval | generate | test | bench)" ;;
+  help|-h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command '$cmd' (setup | demo | train | eval | submit | submit-eval | generate | test | bench | leaderboard)" ;;
 esac

@@ -110,6 +110,16 @@ def cmd_slurm(argv: list[str]) -> int:
     return slurm_main(argv)
 
 
+def cmd_bench(argv: list[str]) -> int:
+    from cluster.bench import main as bench_main
+    return bench_main(argv)
+
+
+def cmd_leaderboard(argv: list[str]) -> int:
+    from eval.leaderboard.cli import main as leaderboard_main
+    return leaderboard_main(argv)
+
+
 def cmd_adapter(argv: list[str]) -> int:
     from training.adapters.cli import main
     return main(argv)
@@ -256,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="base vs LoRA/checkpoints on fixed seeds (Ray), FVD/CLIP/FID/KID; "
                    "'eval metrics --from DIR' recomputes", add_help=False)
 
+    sub.add_parser("bench", help="one nightly benchmark run: train (Ray), eval base vs every checkpoint (Ray), "
+                   "record, flag regressions (exit 3), render the leaderboard", add_help=False)
+    sub.add_parser("leaderboard", help="add | list | show | export | render the run store", add_help=False)
     sub.add_parser("slurm", help="render | submit an sbatch script: Ray on the allocation, checkpoint-and-requeue "
                    "at the time limit (see: lorabench slurm --help)", add_help=False)
     d = sub.add_parser("demo", help="tiny end-to-end run: model, data, training, base vs LoRA samples")
@@ -269,9 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_command(argv: list[str]) -> tuple[Callable[[], int], bool]:
     """(runner, verbose) for a ``lorabench`` command line; parse errors exit like argparse's.
 
-    Subcommands with their own parsers (make-data, adapter, eval, slurm) parse inside the runner.
+    Subcommands with their own parsers (make-data, adapter, eval, slurm, bench, leaderboard) parse
+    inside the runner.
     """
-    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval, "slurm": cmd_slurm}
+    passthrough = {"make-data": cmd_make_data, "adapter": cmd_adapter, "eval": cmd_eval, "slurm": cmd_slurm,
+                   "bench": cmd_bench, "leaderboard": cmd_leaderboard}
     if argv and argv[0] in passthrough:
         return (lambda: passthrough[argv[0]](argv[1:])), False
     parser = build_parser()

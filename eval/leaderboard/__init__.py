@@ -1,0 +1,1 @@
+"""The static HTML leaderboard (render.py) and its page (site/)."""
