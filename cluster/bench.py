@@ -125,18 +125,23 @@ def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = Fal
     print(f"==> bench {cfg.name}: run {run.id} -> {run.root}")
     info = connect(tcfg.parallel)   # one Ray for both stages
     try:
-        if not store.has_run(run.id):
+        done = STAGES.index(run.stage)
+        if done < STAGES.index("trained") or not _finished(layout, tcfg):
             print(f"==> training ({tcfg.parallel.num_workers} Ray worker(s), {tcfg.train.max_steps} steps) -> "
                   f"{layout.root}")
             result = train_on_ray(tcfg)
             if result.get("stopped"):
                 raise SystemExit(_stopped(result))
             run.advance("trained")
+        else:
+            print(f"==> training finished earlier ({tcfg.train.max_steps} steps in {layout.root})")
+        results = ecfg.out_dir / "results.json"
+        if done < STAGES.index("evaluated") or not results.is_file():
             print(f"==> eval: base vs every checkpoint ({ecfg.parallel.num_workers} Ray actor(s)) -> {ecfg.out_dir}")
             body = eval_on_ray(ecfg)
             run.advance("evaluated")
         else:
-            body = json.loads((ecfg.out_dir / "results.json").read_text())
+            body = json.loads(results.read_text())
     finally:
         if info.started_here:
             ray.shutdown()
@@ -150,6 +155,16 @@ def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = Fal
     run.advance("recorded")
     store.close()
     return pub
+
+
+def _finished(layout: Any, tcfg: RunConfig) -> bool:
+    """The training run reached its last step (its result.json says so, and that checkpoint exists)."""
+    try:
+        body = json.loads(layout.result.read_text())
+    except (OSError, ValueError):
+        return False
+    return body.get("steps") == tcfg.train.max_steps and not body.get("stopped") and \
+        any(step == tcfg.train.max_steps for step, _ in layout.complete_checkpoints())
 
 
 def _stopped(result: dict[str, Any]) -> int:

@@ -64,6 +64,15 @@ def test_every_readme_command_parses_and_its_config_validates(cmd):
             if args.config and args.config != "metrics":
                 load_eval_config(REPO / args.config, args.overrides)
             return
+        if argv[0] == "leaderboard":
+            from eval.leaderboard.cli import _parser
+            _parser().parse_args(argv[1:])
+            return
+        if argv[0] == "bench":
+            from eval.leaderboard.config import load_bench_config
+            rest = [a for a in argv[2:] if "=" in a]
+            load_bench_config(REPO / argv[1], rest)
+            return
         parse_command(argv)  # exits (SystemExit) on anything argparse refuses
         if argv[0] == "train" and "--help-config" not in argv:
             ns, extra = build_parser().parse_known_args(argv)

@@ -38,11 +38,13 @@ def dataset_hash(cfg: RunConfig) -> Optional[str]:
 
 
 def model_digests(cfg: RunConfig) -> dict[str, str]:
-    """Each model component folder's digest (file names and sha256s, remembered between runs)."""
+    """Each folder of the model's model_index.json (weights, and the scheduler and tokenizer that
+    shape sampling too): a digest of its file names and sha256s, remembered between runs."""
     from training.cache.settings import default_memo, folder_digest
-    from training.models import get_spec
     path = Path(cfg.model.path)
-    return {name: folder_digest(path / name, default_memo()) for name in get_spec(cfg.model.family).components(path)}
+    index = json.loads((path / "model_index.json").read_text())
+    return {name: folder_digest(path / name, default_memo()) for name in sorted(index)
+            if not name.startswith("_") and (path / name).is_dir()}
 
 
 def training_perf(layout: RunLayout, cfg: RunConfig, world_size: int, peak_per_device: Optional[float],
@@ -111,7 +113,10 @@ def build_record(*, run_id: str, bench: str, bench_config: dict[str, Any], start
     layout = RunLayout(Path(train_dir))
     result = json.loads(layout.result.read_text())
     config = comparable_config(bench_config, train_cfg.model_dump(mode="json"), eval_body["config"])
-    losses = sorted((int(s), float(x)) for s, x in result.get("losses", {}).items())
+    # From the metrics log, not result.json: after a resume result.json holds only the steps of
+    # the last invocation, the log holds every step (truncated to the checkpoint on resume).
+    losses = sorted({int(r["step"]): float(r["loss"]) for r in read_jsonl(layout.metrics).records
+                     if isinstance(r, dict) and "step" in r and "loss" in r}.items())
     provenance = {
         "git": eval_body.get("git", {}), "model": {"family": train_cfg.model.family, "path": str(train_cfg.model.path),
                                                    "sha256": model_digests(train_cfg)},

@@ -150,6 +150,8 @@ class Store:
     def __init__(self, where: str | Path, migrations: Optional[list[Migration]] = None) -> None:
         self.url = store_url(where)
         self.engine: Engine = sa.create_engine(self.url)
+        if self.engine.dialect.name == "sqlite":
+            _transactional_sqlite(self.engine)
         self.migrations = migrations or MIGRATIONS
         self.version = self._migrate()
 
@@ -311,6 +313,25 @@ class Store:
                                 r.perf.get("samples_per_s"), r.perf.get("mfu"), v["name"], v["step"], v["scale"], k,
                                 m["value"], lo, hi, m["n"], d.get("value"), dlo, dhi, d.get("significant")])
         return buf.getvalue()
+
+
+def _transactional_sqlite(engine: Engine) -> None:
+    """Make SQLite transactions real, DDL included.
+
+    Python's sqlite3 driver opens a transaction only before INSERT/UPDATE/DELETE, so a schema
+    change (a migration's ALTER TABLE) commits on its own and a failing migration would leave the
+    store half-upgraded. Taking over BEGIN (SQLAlchemy's documented recipe for pysqlite) puts
+    every statement of ``engine.begin()`` in one transaction. Concurrent writers (two benches on
+    one file) wait up to 60 s for the lock instead of failing at once.
+    """
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA busy_timeout = 60000")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
 
 
 def _dump(obj: Any) -> str:
