@@ -154,7 +154,9 @@ def site_data(records: list[RunRecord], directions: dict[str, int], generated: s
                               "against": v["delta_vs_previous"]["against"],
                               "metrics": {k: _interval(d) for k, d in v["delta_vs_previous"]["metrics"].items()}}}
                          for v in r.variants],
-            "samples": r.samples,
+            # Seeds are 63-bit: as JSON numbers JavaScript would round them (6045968601703053xxx
+            # shown as ...054000), so the page gets them as text.
+            "samples": [{**x, "seed": None if x.get("seed") is None else str(x["seed"])} for x in r.samples],
             "alerts": [{"metric": a["key"].rsplit("/", 1)[-1], "variant": a["key"].rsplit("/", 1)[0], **a}
                        for a in r.alerts]})
     return {"generated": generated, "runs": runs, "directions": directions}
