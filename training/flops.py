@@ -60,7 +60,11 @@ def training_flops(cfg: RunConfig) -> StepFlops:
 
     spec = get_spec(cfg.model.family)
     path = Path(cfg.model.path)
-    model, dtype = _denoiser_on_meta(spec, path, ComponentDtypes.from_model_config(cfg.model))
+    # Counted in fp32 whatever the run's precision: a FLOP count does not depend on the dtype, and
+    # on meta there is no autocast to reconcile bf16 activations with the fp32 parameters that
+    # diffusers' from_config creates (the run itself loads and casts them).
+    dtype = torch.float32
+    model = _denoiser_on_meta(spec, path, ComponentDtypes.from_model_config(cfg.model))[0].to(dtype)
     model.requires_grad_(False)
     max_text = cfg.data.max_text_length or spec.default_max_text_length
     shapes = spec.cache_shapes(path, cfg.data.width, cfg.data.height, cfg.data.frames, max_text)
