@@ -3,6 +3,7 @@ the same from_pretrained / tar paths that real checkpoints and data use."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -78,6 +79,56 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 2):
+    """A separate Ray head (`ray start --head --block` in a child) on its own ports, for real
+    `ray job submit`s; yields ``submit(args, timeout) -> CompletedProcess`` and stops the head by
+    its own PID, so it neither collides with nor stops another Ray of the test session."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    bin_dir = Path(sys.executable).parent
+    port, dash, agent, agent_grpc, metrics, rt_env = (_free_port() for _ in range(6))
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    temp = Path("/tmp") / f"ray-lb-{port}"  # short: Ray's socket paths must stay under 107 bytes
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", str(num_cpus),
+         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+         "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
+         "--disable-usage-stats", "--temp-dir", str(temp)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The submitting CLI authenticates with the token the head wrote to ~/.ray/auth_token.
+    submit_env = dict(env, RAY_AUTH_MODE="token")
+
+    def submit(args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+        cmd = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+               "--working-dir", str(REPO), "--", sys.executable, *args]
+        for _ in range(40):  # the head and its job agent come up some seconds after start
+            job = subprocess.run(cmd, env=submit_env, capture_output=True, text=True, timeout=timeout)
+            text = job.stdout + job.stderr
+            if job.returncode == 0 or not any(m in text for m in ("No available agent", "Failed to connect",
+                                                                    "Connection refused")):
+                return job
+            time.sleep(3)
+        return job
+
+    submit.address = f"127.0.0.1:{port}"
+    try:
+        yield submit
+    finally:
+        head.terminate()  # `ray start --block` tears down the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def load_adapter_tensors(checkpoint: Path) -> dict:

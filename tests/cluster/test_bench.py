@@ -1,8 +1,9 @@
 """The tiny nightly bench end to end: real Ray (train and eval), real SQLite, the real page.
 
 One bench run is killed (SIGKILL of the driver and its embedded Ray) once training has
-finished; running the same command again continues that run (no retraining), evaluates,
-records it, finds it worse than an earlier run of the bench and exits 3 with alerts.json.
+finished; the same command, sent with a real `ray job submit` to a Ray head, continues that run
+(no retraining), evaluates it, records it, finds it worse than an earlier run of the bench and
+fails with alerts.json (exit code 3: ``test_regression_exit_code``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from eval.leaderboard.store import Store
 from training.fsio import read_jsonl
 from training.layout import RunLayout
 
+from tests.conftest import ray_head
 from tests.eval.leaderboard.test_store import make_run
 
 pytestmark = pytest.mark.distributed
@@ -67,10 +69,13 @@ def test_tiny_bench_survives_a_crash_records_the_run_and_flags_a_regression(tmp_
     with Store(out / "lb.db") as store:
         assert store.run_ids() == ["tiny-20261101-000000"]       # nothing of the killed run
 
-    # 2. The same command continues that run: no retraining, eval, record, regression -> exit 3.
-    again = subprocess.run(_bench_cmd(out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    log = again.stdout + again.stderr
-    assert again.returncode == 3, log[-4000:]
+    # 2. The same command, now submitted with `ray job submit` to a Ray head (as on a cluster),
+    #    continues that run: no retraining, eval on the head's actors, record, regression.
+    with ray_head() as submit:
+        job = submit(["-m", "cluster.bench", *_bench_cmd(out)[3:]], timeout=600)
+    log = job.stdout + job.stderr
+    assert job.returncode != 0 and "REGRESSION" in log, log[-4000:]   # the job fails: exit code 3
+    assert f"Ray cluster {submit.address}" in log                     # it joined the head it was sent to
     assert f"continuing unfinished run {run_id} (stage: trained)" in log
     assert "training finished earlier (8 steps" in log
     steps = [r["step"] for r in read_jsonl(layout.metrics).records]
@@ -121,3 +126,22 @@ def test_tiny_bench_survives_a_crash_records_the_run_and_flags_a_regression(tmp_
     with Store(out / "lb.db") as store:
         added = store.get_run("manual-1")
     assert added.status == "ok" and [v["name"] for v in added.variants] == names
+
+
+def test_regression_exit_code(monkeypatch, tmp_path):
+    """`lorabench bench` exits 3 when the recorded run has alerts, 0 otherwise."""
+    import cluster.bench as bench
+    from eval.leaderboard.publish import Published
+    calls = []
+
+    def fake_run(cfg, run_id=None, new=False):
+        calls.append((cfg.name, run_id, new))
+        return Published(make_run("tiny-1", "2026-12-01T00:00:00+00:00", bench="tiny"), alerts=alerts)
+
+    monkeypatch.setattr(bench, "run_bench", fake_run)
+    cfg = str(REPO / "configs/bench/tiny.yaml")
+    alerts = [{"key": "base/fvd", "message": "fvd worse"}]
+    assert bench.main([cfg, "--run-id", "tiny-1", f"out_dir={tmp_path}"]) == bench.EXIT_REGRESSION == 3
+    alerts = []
+    assert bench.main([cfg, "--new", f"out_dir={tmp_path}"]) == 0
+    assert calls == [("tiny", "tiny-1", False), ("tiny", None, True)]

@@ -1,16 +1,13 @@
-"""Ray Train driver on a real local Ray: workers, crash recovery, resource errors, ray job submit."""
+"""Ray Train driver on a real local Ray: workers, crash recovery, resource errors. (A real `ray job
+submit` of a driver is in tests/cluster/test_bench.py: the nightly bench submitted to a Ray head.)"""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from ..conftest import CONFIGS, REPO, _free_port, load_adapter_tensors, run_ranks
+from ..conftest import CONFIGS, load_adapter_tensors, run_ranks
 
 pytestmark = pytest.mark.distributed  # real multi-process clusters: outside the quick tier
 
@@ -86,54 +83,6 @@ def test_impossible_request_fails_at_once(local_ray, tiny_wan, video_shards, tmp
     # Nothing was started: the run folder holds only the preflight's shard index (data checked first).
     run_dir = tmp_path / "tiny-wan"
     assert sorted(p.name for p in run_dir.iterdir()) == ["shard_index.json"]
-
-
-def test_ray_job_submit_runs_cluster_train(tiny_wan, video_shards, tmp_path):
-    """A separate Ray head started here, a real `ray job submit`, the head stopped by its own PID.
-
-    The head runs as `ray start --block` in a child process and on its own ports (agent and
-    metrics ports included), so it neither collides with nor stops the module's other Ray.
-    """
-    bin_dir = Path(sys.executable).parent
-    port, dash, agent, agent_grpc, metrics, rt_env = (_free_port() for _ in range(6))
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    env.pop("RAY_ADDRESS", None)
-    temp = Path("/tmp") / f"ray-lb-{port}"  # short: Ray's socket paths must stay under 107 bytes
-    head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-         "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-         "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
-         "--disable-usage-stats", "--temp-dir", str(temp)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # The submitting CLI authenticates with the token the head wrote to ~/.ray/auth_token.
-    submit_env = dict(env, RAY_AUTH_MODE="token")
-    try:
-        submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                  "--working-dir", str(REPO), "--", sys.executable, "-m", "cluster.train", str(TINY),
-                  f"model.path={tiny_wan}", f"data.shards={video_shards}", f"output_dir={tmp_path}",
-                  "run_name=submitted", "train.max_steps=2", "checkpoint.every_steps=2",
-                  "log.progress=false", "parallel.cpus_per_worker=1"]
-        for _ in range(40):  # the head and its job agent come up some seconds after start
-            job = subprocess.run(submit, env=submit_env, capture_output=True, text=True, timeout=400)
-            text = job.stdout + job.stderr
-            if job.returncode == 0 or not any(m in text for m in ("No available agent", "Failed to connect",
-                                                                    "Connection refused")):
-                break
-            time.sleep(3)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-        assert f"Ray cluster 127.0.0.1:{port}" in job.stdout  # joined the cluster it was submitted to
-        assert "final checkpoint:" in job.stdout and "step-0000002" in job.stdout
-        assert (tmp_path / "submitted/checkpoints/step-0000002/manifest.json").is_file()
-    finally:
-        head.terminate()  # `ray start --block` tears down the processes it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_driver_checks_the_config_before_starting_ray(tiny_wan, video_shards, tmp_path):
