@@ -22,7 +22,7 @@ import torch
 from .config import RunConfig
 from .models import get_spec
 from .models.base import Conditions, ModelSpec
-from .precision import ComponentDtypes, component_role
+from .precision import component_role
 
 #: Dense bf16/fp16 tensor-core peak per device, FLOP/s (vendor datasheets, without sparsity).
 PEAK_FLOPS = {
@@ -45,13 +45,12 @@ class StepFlops:
         return {**asdict(self), "per_sample": self.per_sample}
 
 
-def _denoiser_on_meta(spec: ModelSpec, path: Path, dtypes: ComponentDtypes) -> tuple[torch.nn.Module, torch.dtype]:
+def _denoiser_on_meta(spec: ModelSpec, path: Path, dtype: torch.dtype) -> torch.nn.Module:
     from .memory_plan import _meta_module
     index = spec.read_model_index(path)
     name = next(n for n in spec.components(path) if component_role(n) == "denoiser")
     library, class_name = index[name]
-    dtype = dtypes.dtype_for(name)
-    return _meta_module(library, class_name, path / name, dtype), dtype
+    return _meta_module(library, class_name, path / name, dtype)
 
 
 def training_flops(cfg: RunConfig) -> StepFlops:
@@ -64,7 +63,7 @@ def training_flops(cfg: RunConfig) -> StepFlops:
     # on meta there is no autocast to reconcile bf16 activations with the fp32 parameters that
     # diffusers' from_config creates (the run itself loads and casts them).
     dtype = torch.float32
-    model = _denoiser_on_meta(spec, path, ComponentDtypes.from_model_config(cfg.model))[0].to(dtype)
+    model = _denoiser_on_meta(spec, path, dtype)
     model.requires_grad_(False)
     max_text = cfg.data.max_text_length or spec.default_max_text_length
     shapes = spec.cache_shapes(path, cfg.data.width, cfg.data.height, cfg.data.frames, max_text)
