@@ -75,7 +75,7 @@ def training_perf(layout: RunLayout, cfg: RunConfig, world_size: int, peak_per_d
     perf["mfu_note"] = (f"model FLOPs per sample {flops.per_sample:.3e} (forward {flops.forward:.3e} + backward "
                         f"through the frozen base {flops.backward:.3e}, meta-device count) x samples/s over "
                         + (f"{world_size} x {peak_per_device:.3g} FLOP/s peak" if peak_per_device else
-                           f"an unknown peak ({device_name or 'no accelerator'}): set bench.peak_tflops"))
+                           f"an unknown peak ({device_name or 'no accelerator'}): set peak_tflops in the bench config"))
     return perf
 
 
