@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any, Optional
 
 from ..config import RunConfig
 from ..data.decode import CROP_POLICY
-from ..fsio import atomic_write_json, sha256_file, sha256_json
+from ..fsio import atomic_write_json, human_bytes, sha256_file, sha256_json
 from ..models import get_spec
+
+log = logging.getLogger("lorabench.cache")
 from ..precision import ComponentDtypes, component_role
 
 #: Bump when the cache's layout or the meaning of a stored tensor changes.
@@ -102,9 +105,14 @@ def folder_digest(folder: Path, memo: Optional[Path] = None) -> str:
         raise FileNotFoundError(f"{folder} is missing: the model folder is incomplete")
     known = _read_memo(memo)
     files: dict[str, str] = {}
+    tags = {}
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         st = f.stat()
-        tag = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        tags[f] = (f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}", st.st_size)
+    todo = sum(size for tag, size in tags.values() if tag not in known)
+    if todo > 1 << 30:  # minutes of reading: say why the start is slow, and that it happens once
+        log.info("hashing %s of weights in %s (once: remembered in %s)", human_bytes(todo), folder, memo)
+    for f, (tag, _) in tags.items():
         if tag not in known:
             known[tag] = sha256_file(f)
         files[str(f.relative_to(folder))] = known[tag]
