@@ -112,7 +112,6 @@ def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = Fal
     from cluster.eval import run as eval_on_ray
     from cluster.train import connect, run as train_on_ray
     from eval.leaderboard.store import Store
-    from training.flops import peak_flops
     from training.layout import RunLayout
 
     store = Store(cfg.store)    # opened (created, migrated or refused) before hours of training
@@ -145,8 +144,8 @@ def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = Fal
     finally:
         if info.started_here:
             ray.shutdown()
-    device = _device_name()
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else peak_flops(device)
+    device = _device_name()   # a fallback: the training ranks' device (result.json) comes first
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
     pub = publish(store, run_id=run.id, bench=cfg.name, bench_config=bench_config or cfg.model_dump(mode="json"),
                   started=run.started, train_cfg=tcfg, train_dir=layout.root, eval_body=body,
                   eval_dir=ecfg.out_dir, world_size=tcfg.parallel.num_workers, regression=cfg.regression,

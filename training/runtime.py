@@ -83,6 +83,11 @@ def apply_attention(model: torch.nn.Module, backend: str) -> None:
         model.enable_xformers_memory_efficient_attention()  # processor-based models (SD3, ...)
 
 
+def device_name(device: torch.device) -> str:
+    """What the training runs on, as the MFU's peak lookup reads it (``NVIDIA H100 80GB HBM3``, ``cpu``)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak allocated accelerator memory, or this process's peak RSS on CPU."""
     if device.type == "cuda":

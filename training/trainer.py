@@ -38,7 +38,8 @@ from .objectives import noisy_and_target, sample_sigmas, shift_sigmas
 from .placement import Placement
 from .precision import ComponentDtypes, dtype_census, kept_fp32_dtypes
 from .preflight import preflight
-from .runtime import Precision, apply_attention, peak_memory_bytes, resolve_attention, resolve_device
+from .runtime import (Precision, apply_attention, device_name, peak_memory_bytes, resolve_attention,
+                      resolve_device)
 from .schedule import lr_at
 from .stopping import StopRequests
 from .summary import TrainResult, write_result
@@ -248,6 +249,7 @@ class Trainer:
             log.info("%s", result.skipped)
             if self.is_main:
                 write_result(self.layout, result, world_size=self.world_size, engine=self.engine.description,
+                             device_name=device_name(self.device),
                              memory_per_rank=self.memory_per_rank, component_dtypes=self.dtypes.to_dict(),
                              param_dtypes=self.param_dtypes,
                              memory_plan=self.memory_plan.to_dict() if self.memory_plan else None,

@@ -127,6 +127,10 @@ def build_record(*, run_id: str, bench: str, bench_config: dict[str, Any], start
         "train_engine": result.get("engine"), "train_data": result.get("skipped"),
         "eval_reference": eval_body.get("reference"),
     }
+    # The training ranks' accelerator (result.json), not this process's: a Ray head often has none.
+    device_name = result.get("device_name") or device_name
+    from training.flops import peak_flops
+    peak_per_device = peak_per_device or peak_flops(device_name)
     return RunRecord(
         id=run_id, bench=bench, started=started, finished=finished, config_hash=sha256_json(config),
         config={"bench": bench_config, "train": train_cfg.model_dump(mode="json"), "eval": eval_body["config"]},

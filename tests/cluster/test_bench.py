@@ -101,6 +101,7 @@ def test_tiny_bench_survives_a_crash_records_the_run_and_flags_a_regression(tmp_
     assert len(p["dataset_hash"]) == 64 and p["adapters"][final["name"]] == final["sha256"]
     assert p["seeds"] == {"train": 0, "eval": 0} and p["libraries"]["torch"].startswith("2.13")
     assert run.perf["samples_per_s"] > 0 and run.perf["flops_per_sample"] > 0 and run.perf["mfu"] is None
+    assert run.perf["device"] == "cpu" and "unknown peak (cpu)" in run.perf["mfu_note"]   # the ranks' device
     assert run.perf["peak_memory_bytes"]["0"] > 0
     assert len(run.samples) == 12 and all(Path(s["media"]).is_file() for s in run.samples)
 
