@@ -37,9 +37,11 @@ class BenchRun:
     started: str
     stage: str
     root: Path
+    bench: str = ""
 
     def save(self) -> None:
-        atomic_write_json(self.root / STATE, {"id": self.id, "started": self.started, "stage": self.stage})
+        atomic_write_json(self.root / STATE, {"id": self.id, "bench": self.bench, "started": self.started,
+                                              "stage": self.stage})
 
     def advance(self, stage: str) -> None:
         self.stage = stage
@@ -49,7 +51,7 @@ class BenchRun:
 def _read_state(folder: Path) -> Optional[BenchRun]:
     try:
         d = json.loads((folder / STATE).read_text())
-        return BenchRun(d["id"], d["started"], d["stage"], folder)
+        return BenchRun(d["id"], d["started"], d["stage"], folder, d.get("bench", ""))
     except (OSError, ValueError, KeyError):
         return None
 
@@ -62,15 +64,16 @@ def open_run(cfg: BenchConfig, run_id: Optional[str] = None, new: bool = False) 
         if found:
             return found
     elif not new:
+        # Another bench sharing out_dir ("tiny-extra" next to "tiny") matches the glob: bench.json says whose.
         unfinished = [r for r in (_read_state(d) for d in out.glob(f"{cfg.name}-*") if d.is_dir())
-                      if r is not None and r.stage != "recorded"]
+                      if r is not None and r.bench == cfg.name and r.stage != "recorded"]
         if unfinished:
             run = max(unfinished, key=lambda r: (r.started, r.id))
             print(f"==> continuing unfinished run {run.id} (stage: {run.stage}); --new starts a fresh one")
             return run
     now = _dt.datetime.now(_dt.timezone.utc)
     rid = run_id or f"{cfg.name}-{now:%Y%m%d-%H%M%S}"
-    run = BenchRun(rid, now.isoformat(timespec="seconds"), "started", out / rid)
+    run = BenchRun(rid, now.isoformat(timespec="seconds"), "started", out / rid, cfg.name)
     run.root.mkdir(parents=True, exist_ok=True)
     run.save()
     return run
@@ -107,14 +110,19 @@ def _device_name() -> Optional[str]:
 
 def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = False,
               bench_config: Optional[dict[str, Any]] = None) -> Published:
+    from eval.leaderboard.store import Store
+    with Store(cfg.store) as store:   # opened (created, migrated or refused) before hours of training
+        return _run(cfg, store, run_id, new, bench_config)
+
+
+def _run(cfg: BenchConfig, store: Any, run_id: Optional[str], new: bool,
+         bench_config: Optional[dict[str, Any]]) -> Published:
     import ray
 
     from cluster.eval import run as eval_on_ray
     from cluster.train import connect, run as train_on_ray
-    from eval.leaderboard.store import Store
     from training.layout import RunLayout
 
-    store = Store(cfg.store)    # opened (created, migrated or refused) before hours of training
     run = open_run(cfg, run_id, new)
     tcfg, ecfg = stage_configs(cfg, run)
     if tcfg.parallel.backend != "ray" or ecfg.parallel.backend != "ray":
@@ -152,7 +160,6 @@ def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = Fal
                   alerts_file=run.root / "alerts.json", page=Path(cfg.leaderboard) if cfg.leaderboard else None,
                   peak_per_device=peak, device_name=device)
     run.advance("recorded")
-    store.close()
     return pub
 
 

@@ -80,7 +80,7 @@ def test_tiny_bench_survives_a_crash_records_the_run_and_flags_a_regression(tmp_
     assert "training finished earlier (8 steps" in log
     steps = [r["step"] for r in read_jsonl(layout.metrics).records]
     assert steps == list(range(1, 9))                             # each step trained once
-    assert _state(out) == {"id": run_id, "started": state["started"], "stage": "recorded"}
+    assert _state(out) == {"id": run_id, "bench": "tiny", "started": state["started"], "stage": "recorded"}
 
     with Store(out / "lb.db") as store:
         assert store.run_ids("tiny") == [run_id, "tiny-20261101-000000"]

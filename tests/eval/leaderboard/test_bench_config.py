@@ -33,3 +33,21 @@ def test_bench_config_errors_name_the_key(tmp_path):
         load_bench_config(CONFIGS / "bench/tiny.yaml", ["name=a/b"])
     with pytest.raises(ConfigError, match="train.config: .*missing.yaml does not exist"):
         load_bench_config(CONFIGS / "bench/tiny.yaml", ["train.config=missing.yaml"])
+
+
+def test_open_run_continues_the_newest_unfinished_run_of_this_bench_only(tmp_path, capsys):
+    from cluster.bench import BenchRun, open_run
+    cfg = load_bench_config(CONFIGS / "bench/tiny.yaml", [f"out_dir={tmp_path}"])
+    for rid, bench, started, stage in [("tiny-1", "tiny", "2026-12-01T00:00:00+00:00", "trained"),
+                                       ("tiny-2", "tiny", "2026-12-02T00:00:00+00:00", "evaluated"),
+                                       ("tiny-3", "tiny", "2026-12-03T00:00:00+00:00", "recorded"),
+                                       ("tiny-extra-9", "tiny-extra", "2026-12-09T00:00:00+00:00", "started")]:
+        (tmp_path / rid).mkdir()
+        BenchRun(rid, started, stage, tmp_path / rid, bench).save()
+    run = open_run(cfg)
+    assert (run.id, run.stage) == ("tiny-2", "evaluated")   # newest unfinished of "tiny"; not the other bench's
+    assert "continuing unfinished run tiny-2 (stage: evaluated)" in capsys.readouterr().out
+    assert open_run(cfg, run_id="tiny-3").stage == "recorded"      # named: even a recorded one
+    fresh = open_run(cfg, new=True)
+    assert fresh.id not in {"tiny-1", "tiny-2", "tiny-3"} and fresh.stage == "started" and fresh.bench == "tiny"
+    assert (tmp_path / fresh.id / "bench.json").is_file()
