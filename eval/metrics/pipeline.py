@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from ..variants import BASE, Variant
 from . import registry
 from .base import MetricResult
 from .features import run_stage
-from .paired import aligned_rows, paired_delta, prompt_clusters
+from .paired import RowStat, aligned_rows, paired_delta, prompt_clusters
 from .spec import Extractor, Features, MetricInputs, MetricSpec
 
 log = logging.getLogger("lorabench.eval")
@@ -117,9 +117,21 @@ def compute_metrics(cfg: EvalConfig, layout: EvalLayout, modality: str, variants
         out.variants[v.name] = results
         out.per_sample[v.name] = _per_sample(stages, feats)
     prompt_of = {r["sample_id"]: r.get("prompt_id", r["sample_id"]) for r in records}
+    # One set of row statistics per variant and spec, shared by every comparison it is in (a
+    # checkpoint is compared with base and with the one before; base with every variant): a
+    # FrechetOf keeps its Gram matrices, so each is built once.
+    row_stats: dict[tuple[str, str], dict[str, RowStat]] = {}
+
+    def stats(variant: str, spec: MetricSpec) -> dict[str, RowStat]:
+        key = (variant, spec.key)
+        if key not in row_stats:
+            f = kept[variant][spec.key]
+            row_stats[key] = spec.paired(f, reference.get(spec.key), cfg.metrics) if spec.paired and f.ids else {}
+        return row_stats[key]
+
     for name, kind, against in comparisons(variants):
         out.deltas.setdefault(name, {})[kind] = {"against": against, "metrics": _paired_deltas(
-            stages, kept[name], kept[against], reference, out.variants[name], out.variants[against], prompt_of, cfg)}
+            stages, name, against, kept, reference, out.variants, stats, prompt_of, cfg)}
     return out
 
 
@@ -142,19 +154,20 @@ def comparisons(variants: list[Variant]) -> list[tuple[str, str, str]]:
     return out
 
 
-def _paired_deltas(stages: list[Stage], fa: dict[str, Features], fb: dict[str, Features],
-                   reference: dict[str, Features], ra: dict[str, MetricResult], rb: dict[str, MetricResult],
-                   prompt_of: dict[str, str], cfg: EvalConfig) -> dict[str, dict[str, Any]]:
-    """Paired deltas (a - b) of every metric both variants have a value for."""
+def _paired_deltas(stages: list[Stage], va: str, vb: str, feats: dict[str, dict[str, Features]],
+                   reference: dict[str, Features], results: dict[str, dict[str, MetricResult]],
+                   stats: Callable[[str, MetricSpec], dict[str, RowStat]], prompt_of: dict[str, str],
+                   cfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Paired deltas (variant ``va`` - variant ``vb``) of every metric both have a value for."""
     out: dict[str, dict[str, Any]] = {}
+    ra, rb = results[va], results[vb]
     for spec, _ in stages:
-        a, b, ref = fa[spec.key], fb[spec.key], reference.get(spec.key)
-        if spec.needs_reference and ref is None:
+        a, b = feats[va][spec.key], feats[vb][spec.key]
+        if spec.needs_reference and reference.get(spec.key) is None:
             continue
         common, rows_a, rows_b = aligned_rows(a.ids, b.ids)
         clusters = prompt_clusters(common, lambda sid: prompt_of.get(sid, sid))
-        stats_a = spec.paired(a, ref, cfg.metrics) if spec.paired and common else {}
-        stats_b = spec.paired(b, ref, cfg.metrics) if spec.paired and common else {}
+        stats_a, stats_b = (stats(va, spec), stats(vb, spec)) if common else ({}, {})
         for name in spec.names:
             if name not in ra or name not in rb or ra[name].value is None or rb[name].value is None:
                 continue
