@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from eval.leaderboard.config import BenchConfig, load_bench_config, stage_path
 from eval.leaderboard.publish import Published, publish, utc_now
+from eval.metrics.paired import delta_text
 from training.config import ConfigError, RunConfig
 from training.fsio import atomic_write_json
 from cluster.entry import driver_main
@@ -186,10 +187,7 @@ def summary(pub: Published, cfg: BenchConfig) -> str:
     final = next((v for v in reversed(r.variants) if v["name"] != "base"), None)
     if final:
         for k, d in sorted(final["delta_vs_base"].items()):
-            ci = d.get("ci95")
-            sig = "" if ci is None else (" (significant)" if d.get("significant") else " (n.s.)")
-            lines.append(f"  {final['name']} vs base: {k} {d['value']:+.4g}"
-                         + (f" [{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "") + sig)
+            lines.append(f"  {final['name']} vs base: {k} {delta_text(d, 4)}")
     p = r.perf
     if p.get("samples_per_s"):
         lines.append(f"  training: {p['samples_per_s']:.3g} samples/s, {p['step_seconds']:.3g} s/step, MFU "

@@ -21,6 +21,7 @@ from training.fsio import atomic_write_text
 from .config import EvalConfig, load_eval_config
 from .manifest import EvalInfo, EvalLayout, read_jsonl, write_json_atomic
 from .metrics.base import MetricResult
+from .metrics.paired import delta_text
 
 if TYPE_CHECKING:
     from .generation import Plan
@@ -131,15 +132,6 @@ def recompute(eval_dir: str | Path, overrides: Optional[list[str]] = None, progr
 # ----------------------------------------------------------------------------- presentation
 
 
-def _delta_text(d: dict[str, Any]) -> str:
-    if d.get("value") is None:
-        return "-"
-    s = f"{d['value']:+.3g}"
-    if d.get("ci95"):
-        s += f" [{d['ci95'][0]:+.3g}, {d['ci95'][1]:+.3g}]" + ("" if d["significant"] else " n.s.")
-    return s
-
-
 def _cell(m: dict[str, Any], delta: Optional[dict[str, Any]]) -> str:
     if m["value"] is None:
         return "skipped"
@@ -147,7 +139,7 @@ def _cell(m: dict[str, Any], delta: Optional[dict[str, Any]]) -> str:
     if m.get("ci95"):
         s += f" [{m['ci95'][0]:.3g}, {m['ci95'][1]:.3g}]"
     if delta is not None and delta.get("value") is not None:
-        s += f" ({_delta_text(delta)})"
+        s += f" ({delta_text(delta)})"
     if m.get("warnings"):
         s += " ⚠"
     return s
@@ -171,7 +163,7 @@ def markdown(body: dict[str, Any]) -> str:
         lines.append(f"| {name} | {v['step'] if v['step'] is not None else '-'} | "
                      f"{v['scale'] if v['scale'] is not None else '-'} | {v['n_samples']} | " + " | ".join(cells) + " |")
     steps = [f"- {name} vs {v['delta_vs_previous']['against']}: " + ", ".join(
-        f"{k} {_delta_text(d)}" for k, d in sorted(v["delta_vs_previous"]["metrics"].items()))
+        f"{k} {delta_text(d)}" for k, d in sorted(v["delta_vs_previous"]["metrics"].items()))
         for name, v in variants.items() if v.get("delta_vs_previous")]
     if steps:
         lines += ["", "## Each checkpoint vs the one before (paired, same prompts and seeds)", *steps]

@@ -16,6 +16,7 @@ from typing import Optional
 
 from training.config import ConfigError
 
+from ..metrics.paired import delta_text
 from .store import Store
 
 
@@ -129,9 +130,7 @@ def _show(store: Store, args: argparse.Namespace) -> int:
             line = f"    {k:22} {_fmt(m['value'])}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
             d = v["delta_vs_base"].get(k)
             if d and d["value"] is not None:
-                dci = d.get("ci95")
-                line += f"   vs base {d['value']:+.4g}" + (f" [{dci[0]:+.4g}, {dci[1]:+.4g}]" if dci else "") + (
-                    "" if d.get("significant") in (True, None) else " n.s.")
+                line += f"   vs base {delta_text(d, 4)}"
             print(line)
     for a in r.alerts:
         print(f"  REGRESSION {a['key']}: {a['message']}")

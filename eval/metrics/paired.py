@@ -94,6 +94,17 @@ class PairedDelta:
                 "n": self.n, "n_prompts": self.n_prompts, "method": self.method}
 
 
+def delta_text(d: dict[str, Any], digits: int = 3) -> str:
+    """A paired delta as ``+1.5 [-0.25, +3] n.s.`` (n.s.: its interval contains 0); shared by
+    results.md, ``lorabench leaderboard show`` and the bench summary."""
+    if d.get("value") is None:
+        return "-"
+    s = f"{d['value']:+.{digits}g}"
+    if d.get("ci95"):
+        s += f" [{d['ci95'][0]:+.{digits}g}, {d['ci95'][1]:+.{digits}g}]" + ("" if d["significant"] else " n.s.")
+    return s
+
+
 def aligned_rows(ids_a: list[str], ids_b: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The sample ids both variants have (in ``ids_a`` order) and their row numbers in each."""
     where_b = {i: k for k, i in enumerate(ids_b)}
