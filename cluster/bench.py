@@ -104,11 +104,6 @@ def stage_configs(cfg: BenchConfig, run: BenchRun) -> tuple[RunConfig, Any]:
     return tcfg, ecfg
 
 
-def _device_name() -> Optional[str]:
-    import torch
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-
-
 def run_bench(cfg: BenchConfig, *, run_id: Optional[str] = None, new: bool = False,
               bench_config: Optional[dict[str, Any]] = None) -> Published:
     from eval.leaderboard.store import Store
@@ -153,13 +148,12 @@ def _run(cfg: BenchConfig, store: Any, run_id: Optional[str], new: bool,
     finally:
         if info.started_here:
             ray.shutdown()
-    device = _device_name()   # a fallback: the training ranks' device (result.json) comes first
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None   # else looked up from the ranks' device
     pub = publish(store, run_id=run.id, bench=cfg.name, bench_config=bench_config or cfg.model_dump(mode="json"),
                   started=run.started, train_cfg=tcfg, train_dir=layout.root, eval_body=body,
                   eval_dir=ecfg.out_dir, world_size=tcfg.parallel.num_workers, regression=cfg.regression,
                   alerts_file=run.root / "alerts.json", page=Path(cfg.leaderboard) if cfg.leaderboard else None,
-                  peak_per_device=peak, device_name=device)
+                  peak_per_device=peak)
     run.advance("recorded")
     return pub
 

@@ -35,15 +35,14 @@ class Published:
 def publish(store: Store, *, run_id: str, bench: str, bench_config: dict[str, Any], started: str,
             train_cfg: RunConfig, train_dir: Path, eval_body: dict[str, Any], eval_dir: Path, world_size: int,
             regression: RegressionSettings, alerts_file: Optional[Path] = None, page: Optional[Path] = None,
-            peak_per_device: Optional[float] = None, device_name: Optional[str] = None) -> Published:
+            peak_per_device: Optional[float] = None) -> Published:
     """Record the run (unless it already is: then its stored alerts stand) and render the page."""
     if store.has_run(run_id):
         record, already = store.get_run(run_id), True
     else:
         record = build_record(run_id=run_id, bench=bench, bench_config=bench_config, started=started,
                               finished=utc_now(), train_cfg=train_cfg, train_dir=train_dir, eval_body=eval_body,
-                              eval_dir=eval_dir, world_size=world_size, peak_per_device=peak_per_device,
-                              device_name=device_name)
+                              eval_dir=eval_dir, world_size=world_size, peak_per_device=peak_per_device)
         window = [store.get_run(i) for i in store.run_ids(bench, before=started, limit=regression.window)]
         record.alerts = find_regressions(record, window, metric_directions(), regression)
         record.status = "regressed" if record.alerts else "ok"

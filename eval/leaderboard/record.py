@@ -47,11 +47,10 @@ def model_digests(cfg: RunConfig) -> dict[str, str]:
             if not name.startswith("_") and (path / name).is_dir()}
 
 
-def training_perf(layout: RunLayout, cfg: RunConfig, world_size: int, peak_per_device: Optional[float],
+def training_perf(rows: list[dict[str, Any]], cfg: RunConfig, world_size: int, peak_per_device: Optional[float],
                   device_name: Optional[str]) -> dict[str, Any]:
-    """Throughput, step time, peak memory per rank and MFU of a finished run, from its metrics log."""
+    """Throughput, step time, peak memory per rank and MFU of a finished run, from its metrics log's rows."""
     from training.flops import mfu, training_flops
-    rows = [r for r in read_jsonl(layout.metrics).records if isinstance(r, dict) and "step" in r]
     steady = [r for r in rows if r["step"] > WARMUP_STEPS] or rows
     sps = statistics.median(r["samples_per_s"] for r in steady) if steady else None
     step_s = statistics.median(r["step_seconds"] for r in steady) if steady else None
@@ -108,36 +107,38 @@ def comparable_config(bench: dict[str, Any], train: dict[str, Any], evalc: dict[
 
 def build_record(*, run_id: str, bench: str, bench_config: dict[str, Any], started: str, finished: str,
                  train_cfg: RunConfig, train_dir: Path, eval_body: dict[str, Any], eval_dir: Path,
-                 world_size: int, peak_per_device: Optional[float] = None,
-                 device_name: Optional[str] = None) -> RunRecord:
+                 world_size: int, peak_per_device: Optional[float] = None) -> RunRecord:
     layout = RunLayout(Path(train_dir))
     result = json.loads(layout.result.read_text())
-    config = comparable_config(bench_config, train_cfg.model_dump(mode="json"), eval_body["config"])
+    train = train_cfg.model_dump(mode="json")
+    config = comparable_config(bench_config, train, eval_body["config"])
+    variants = _variants(eval_body)
     # From the metrics log, not result.json: after a resume result.json holds only the steps of
     # the last invocation, the log holds every step (truncated to the checkpoint on resume).
-    losses = sorted({int(r["step"]): float(r["loss"]) for r in read_jsonl(layout.metrics).records
-                     if isinstance(r, dict) and "step" in r and "loss" in r}.items())
+    rows = [r for r in read_jsonl(layout.metrics).records if isinstance(r, dict) and "step" in r]
+    losses = sorted({int(r["step"]): float(r["loss"]) for r in rows if "loss" in r}.items())
     provenance = {
         "git": eval_body.get("git", {}), "model": {"family": train_cfg.model.family, "path": str(train_cfg.model.path),
                                                    "sha256": model_digests(train_cfg)},
-        "adapters": {v["name"]: v["sha256"] for v in _variants(eval_body) if v["sha256"]},
+        "adapters": {v["name"]: v["sha256"] for v in variants if v["sha256"]},
         "dataset_hash": dataset_hash(train_cfg), "dataset": str(train_cfg.data.shards),
         "seeds": {"train": train_cfg.seed, "eval": eval_body.get("seed")},
         "libraries": eval_body.get("libraries", {}), "hardware": eval_body.get("hardware", {}),
         "train_engine": result.get("engine"), "train_data": result.get("skipped"),
         "eval_reference": eval_body.get("reference"),
     }
-    # The training ranks' accelerator (result.json), not this process's: a Ray head often has none.
-    device_name = result.get("device_name") or device_name
+    # The training ranks' accelerator, as rank 0 wrote it in result.json (the process recording
+    # the run, a Ray head, often has none).
+    device_name = result.get("device_name")
     from training.flops import peak_flops
     peak_per_device = peak_per_device or peak_flops(device_name)
     return RunRecord(
         id=run_id, bench=bench, started=started, finished=finished, config_hash=sha256_json(config),
-        config={"bench": bench_config, "train": train_cfg.model_dump(mode="json"), "eval": eval_body["config"]},
+        config={"bench": bench_config, "train": train, "eval": eval_body["config"]},
         provenance=provenance,
-        perf=training_perf(layout, train_cfg, world_size, peak_per_device, device_name),
+        perf=training_perf(rows, train_cfg, world_size, peak_per_device, device_name),
         paths={"train": str(Path(train_dir).resolve()), "eval": str(Path(eval_dir).resolve())},
-        variants=_variants(eval_body), losses=losses, samples=_samples(eval_body, Path(eval_dir)))
+        variants=variants, losses=losses, samples=_samples(eval_body, Path(eval_dir)))
 
 
 def site_data(records: list[RunRecord], directions: dict[str, int], generated: str) -> dict[str, Any]:
