@@ -62,3 +62,16 @@ def test_no_store_and_unknown_run_are_one_line_errors(store_path, monkeypatch):
     with pytest.raises(StoreError, match="no run 'n-9'.*leaderboard list"):
         lb_main(["show", "n-9"])
     assert lb_main(["list", "--bench", "nightly"]) == 0
+
+
+def test_add_names_the_missing_file_and_what_the_folder_must_be(store_path, tmp_path):
+    from eval.leaderboard.cli import main as lb_main
+    (tmp_path / "train").mkdir()
+    (tmp_path / "eval").mkdir()
+    args = ["add", "--bench", "b", "--train", str(tmp_path / "train"), "--eval", str(tmp_path / "eval"),
+            "--store", str(store_path)]
+    with pytest.raises(ConfigError, match=r"eval/results.json does not exist: --eval must be an eval folder"):
+        lb_main(args)
+    (tmp_path / "eval/results.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"train/config.yaml does not exist: --train must be a training run folder"):
+        lb_main(args)
